@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Python 3.10+ is the only hard prerequisite (Node.js comes from PyPI when missing or too old).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: setup test demo emulator lint clean
+
+setup: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is required (found " + sys.version.split()[0] + ")")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+node_modules/.installed: package.json package-lock.json $(VENV)/.installed
+	$(PY) -m patterns.emulator --install
+	@touch $@
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	$(PY) -m patterns.tools.demo
+
+emulator: setup
+	$(PY) -m patterns.emulator
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) node_modules .azurite .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Messaging patterns on Azure Queue Storage, one folder per pattern, one file per role."""

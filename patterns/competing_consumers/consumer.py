@@ -1,0 +1,64 @@
+"""Competing consumers - one consumer: takes tasks from a queue that others also read.
+
+Start several, each in its own terminal; each task goes to exactly one of them:
+
+    python patterns/competing_consumers/consumer.py
+    python -m patterns.competing_consumers.consumer --work-seconds 1
+
+A received message is hidden from the others for --visibility-timeout seconds; the consumer
+deletes it only when the work is done. If the consumer dies, the message reappears and another
+consumer takes it. Ctrl+C hands the task in progress back at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from patterns import helper
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--queue",
+        type=helper.queue_name,
+        default="tasks-queue",
+        help="queue to consume (default tasks-queue)",
+    )
+    parser.add_argument(
+        "--work-seconds", type=float, default=2.0, help="simulated work per task (default 2)"
+    )
+    helper.add_consumer_arguments(parser, batch_size=1)
+    args = parser.parse_args()
+    log = helper.logger("consumer")
+    stop = helper.Shutdown()
+    idle = helper.Backoff(maximum=args.idle_max)
+    processed = 0
+
+    with helper.Inbox(
+        args.queue, log, visibility_timeout=args.visibility_timeout, max_attempts=args.max_attempts
+    ) as inbox:
+        log.info(f"waiting for tasks on '{args.queue}'")
+        while not stop.requested:
+            messages = inbox.receive(args.batch_size)
+            if not messages:
+                idle.wait(stop)  # empty queue: wait a little longer each time (0.1 s .. 1 s)
+                continue
+            idle.reset()  # work was waiting: poll again as soon as this batch is done
+            for message in messages:
+                if stop.requested:
+                    break  # Ctrl+C: leaving the Inbox releases the rest of the batch
+                with inbox.settle(message):  # delete on success; retry or poison on failure
+                    task = helper.parse_json(message)
+                    log.info(f"took {task.get('id')} (attempt {message.dequeue_count})")
+                    if task.get("fail"):
+                        raise RuntimeError("the task asked to fail")
+                    stop.sleep(args.work_seconds)  # the work; Ctrl+C interrupts it
+                    processed += 1
+                    log.info(f"done {task.get('id')}")
+    log.info(f"stopped: processed {processed} task(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    helper.run(main)

@@ -1,0 +1,57 @@
+"""Competing consumers - the producer: puts N independent tasks on one queue.
+
+Run it after (or before) starting one or more consumers:
+
+    python patterns/competing_consumers/producer.py              # 20 tasks to tasks-queue
+    python -m patterns.competing_consumers.producer --count 100
+
+Queue Storage has no batch send, so the tasks are sent concurrently (--concurrency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from patterns import helper
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--queue",
+        type=helper.queue_name,
+        default="tasks-queue",
+        help="queue to send to (default tasks-queue)",
+    )
+    parser.add_argument("--count", type=int, default=20, help="tasks to send (default 20)")
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="sends in flight at once (default 8)"
+    )
+    args = parser.parse_args()
+    log = helper.logger("producer")
+    queue = helper.open_queue(args.queue, log)
+
+    # Each task carries its own application id: the service's message id changes on every
+    # copy or retry, ours does not, so consumers can report (and de-duplicate) by it.
+    run_id = uuid.uuid4().hex[:8]
+    tasks = [{"id": f"task-{n:03d}-{run_id}", "n": n} for n in range(1, args.count + 1)]
+
+    def send(task: dict[str, object]) -> dict[str, object]:
+        helper.send_json(queue, task)
+        return task
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        for task in pool.map(send, tasks):  # results come back in order, as each send ends
+            log.info(f"sent {task['id']}")
+    seconds = time.perf_counter() - started
+    rate = args.count / seconds if seconds else 0.0
+    log.info(f"sent {args.count} tasks to '{args.queue}' in {seconds:.2f} s ({rate:.0f}/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    helper.run(main)

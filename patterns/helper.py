@@ -1,0 +1,535 @@
+"""The one shared helper: everything every script needs that is *not* the pattern itself.
+
+Settings and clients, sending JSON, receiving a batch, settling a message (delete, retry later,
+poison, release), lease renewal, idle backoff, Ctrl+C handling and one log format. Each
+pattern script keeps its own loop in plain sight and calls these pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NoReturn
+from xml.sax.saxutils import escape as xml_escape
+
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.storage.queue import LinearRetry, QueueClient, QueueMessage, QueueServiceClient
+from dotenv import dotenv_values, find_dotenv
+
+CONNECTION_STRING_VAR = "AZURE_STORAGE_CONNECTION_STRING"
+AZURITE_PORT = 10001
+# Azurite's well-known development account: public, documented, not a secret.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+MAX_MESSAGE_BYTES = 64 * 1024  # the service's limit for one message request
+XML_ENVELOPE_BYTES = 100  # <QueueMessage><MessageText>...</MessageText></QueueMessage> and header
+MAX_BATCH = 32  # the service returns at most 32 messages per receive
+QUEUE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
+POISON_SUFFIX = "-poison"
+
+# Transport problems: the service did not answer (down, unreachable, connection dropped).
+UNREACHABLE = (ServiceRequestError, ServiceResponseError)
+
+
+class Fatal(Exception):
+    """An expected failure: `run()` prints it as one line and exits with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class BadMessage(Exception):
+    """A message that can never be processed (not JSON, wrong shape): it goes to poison."""
+
+
+class Interrupted(Exception):
+    """Raised by `Shutdown.sleep()` when Ctrl+C arrives in the middle of work."""
+
+
+# --- settings -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    connection_string: str
+    source: str  # "environment", the .env path, or "default" (local Azurite)
+
+
+def azurite_connection_string(port: int = AZURITE_PORT, host: str = "127.0.0.1") -> str:
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"QueueEndpoint=http://{host}:{port}/{AZURITE_ACCOUNT};"
+    )
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, dotenv_file: str | Path | None = None
+) -> Settings:
+    """The real environment wins, then `.env` (searched from the current directory up),
+    then the local Azurite on 127.0.0.1:10001."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(CONNECTION_STRING_VAR, "").strip()
+    if value:
+        return Settings(value, "environment")
+    path = str(dotenv_file) if dotenv_file is not None else find_dotenv(usecwd=True)
+    if path and Path(path).is_file():
+        value = (dotenv_values(path).get(CONNECTION_STRING_VAR) or "").strip()
+        if value:
+            return Settings(value, path)
+    return Settings(azurite_connection_string(), "default")
+
+
+def redact(connection_string: str) -> str:
+    """Hide account keys and SAS signatures so a connection string is safe to print."""
+    return re.sub(
+        r"(?i)(AccountKey|SharedAccessSignature|sig)=([^;&]+)", r"\1=***", connection_string
+    )
+
+
+def queue_name(text: str) -> str:
+    """Validate a queue name (also as argparse `type=`): 3-63 chars, a-z 0-9, single hyphens.
+
+    Raises Fatal (not ValueError) so the learner sees our explanation, not argparse's."""
+    if not (3 <= len(text) <= 63 and QUEUE_NAME.match(text)):
+        raise Fatal(
+            f"invalid queue name {text!r}: use 3-63 lowercase letters, digits and single "
+            "hyphens, starting and ending with a letter or digit"
+        )
+    return text
+
+
+# --- logging ------------------------------------------------------------------------------
+
+
+class _LineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            head, _, tail = text.partition("] ")
+            return f"{head}] {record.levelname.lower()}: {tail}"
+        return text
+
+
+def logger(role: str) -> logging.Logger:
+    """One log format for every script: `HH:MM:SS.mmm role[pid] text`, flushed per line."""
+    log = logging.getLogger(f"patterns.{role}")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)  # StreamHandler flushes after every line
+        handler.setFormatter(
+            _LineFormatter(f"%(asctime)s.%(msecs)03d {role}[%(process)d] %(message)s", "%H:%M:%S")
+        )
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log
+
+
+# --- clients ------------------------------------------------------------------------------
+
+_service: QueueServiceClient | None = None
+
+
+def service(log: logging.Logger | None = None) -> QueueServiceClient:
+    """The queue service client for this process (created once).
+
+    The retry policy gives up after ~2 s (not the SDK default's minute) so that a learner
+    whose emulator is not running hears about it at once."""
+    global _service
+    if _service is None:
+        settings = load_settings()
+        if settings.source == "default" and log is not None:
+            log.info(
+                f"{CONNECTION_STRING_VAR} is not set: using the local Azurite at "
+                f"127.0.0.1:{AZURITE_PORT}"
+            )
+        try:
+            _service = QueueServiceClient.from_connection_string(
+                settings.connection_string,
+                retry_policy=LinearRetry(backoff=0.5, random_jitter_range=0.2, retry_total=3),
+                connection_timeout=3,
+                read_timeout=30,
+            )
+        except ValueError as error:
+            raise Fatal(
+                f"{CONNECTION_STRING_VAR} is not a valid connection string "
+                f"({redact(settings.connection_string)}): {error}"
+            ) from error
+    return _service
+
+
+def open_queue(name: str, log: logging.Logger | None = None) -> QueueClient:
+    """A client for queue `name`, creating the queue if it does not exist yet (idempotent),
+    so scripts can be started in any order."""
+    queue = service(log).get_queue_client(queue_name(name))
+    try:
+        queue.create_queue()
+        if log is not None:
+            log.info(f"created queue '{name}'")
+    except ResourceExistsError:
+        pass  # already there: exactly what we wanted
+    return queue
+
+
+def unreachable_message() -> str:
+    endpoint = service().url
+    return (
+        f"cannot reach the queue service at {endpoint} - is the emulator running? "
+        "Start it with `make emulator` (or set AZURE_STORAGE_CONNECTION_STRING)"
+    )
+
+
+# --- sending ------------------------------------------------------------------------------
+
+
+def size_as_sent(text: str) -> int:
+    """Bytes a message takes in the request: XML-escaped UTF-8 plus the XML envelope."""
+    return len(xml_escape(text).encode("utf-8")) + XML_ENVELOPE_BYTES
+
+
+def encode(body: Mapping[str, Any]) -> str:
+    """JSON text for a message, refusing what the service would refuse (> 64 KiB)."""
+    text = json.dumps(body, ensure_ascii=False)
+    if size_as_sent(text) > MAX_MESSAGE_BYTES:
+        raise Fatal(
+            f"message is {size_as_sent(text)} bytes as sent; a queue message can hold at most "
+            "64 KiB: store big payloads elsewhere (e.g. a blob) and send a reference"
+        )
+    return text
+
+
+def send_json(
+    queue: QueueClient, body: Mapping[str, Any], time_to_live: int | None = None
+) -> QueueMessage:
+    """Send one JSON message. `time_to_live` (seconds) makes it expire if nobody takes it."""
+    return queue.send_message(encode(body), time_to_live=time_to_live)
+
+
+def parse_json(message: QueueMessage) -> dict[str, Any]:
+    """The message body as a JSON object, or BadMessage (which sends it to poison)."""
+    text = message.content or ""
+    if not text.strip():
+        raise BadMessage("empty message")
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BadMessage(f"not JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise BadMessage(f"expected a JSON object, got {type(body).__name__}")
+    return body
+
+
+# --- receiving and settling ---------------------------------------------------------------
+
+
+class Inbox:
+    """A queue this script consumes: receive batches, then settle each message.
+
+    Used as a context manager so that messages received but not yet settled when the script
+    stops (Ctrl+C, error) are released at once instead of waiting out their visibility timeout.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        log: logging.Logger,
+        *,
+        visibility_timeout: int = 30,
+        max_attempts: int = 5,
+    ) -> None:
+        queue_name(name + POISON_SUFFIX)  # the poison queue's name must be valid too
+        self.name = name
+        self.log = log
+        self.visibility_timeout = visibility_timeout
+        self.max_attempts = max_attempts
+        self.queue = open_queue(name, log)
+        self._poison: QueueClient | None = None
+        self._held: dict[str, QueueMessage] = {}
+        self._outage = False
+
+    def __enter__(self) -> Inbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for message in list(self._held.values()):
+            self.release(message)
+
+    def receive(self, max_messages: int = 1) -> list[QueueMessage]:
+        """One receive call for up to `max_messages` (1-32). [] on empty queue or outage."""
+        try:
+            pages = self.queue.receive_messages(
+                messages_per_page=max_messages,
+                max_messages=max_messages,
+                visibility_timeout=self.visibility_timeout,
+            ).by_page()
+            messages = list(next(pages, []))  # only the first page: one request, no more
+        except UNREACHABLE:
+            self._warn_outage()
+            return []
+        except ResourceNotFoundError:  # someone deleted the queue under us: make it again
+            self.log.warning(f"queue '{self.name}' was deleted; creating it again")
+            open_queue(self.name)
+            return []
+        except HttpResponseError as error:
+            if error.status_code is None or error.status_code < 500:
+                raise
+            self._warn_outage()
+            return []
+        if self._outage:
+            self._outage = False
+            self.log.info("the queue service answers again; carrying on")
+        for message in messages:
+            self._held[message.id] = message
+        return messages
+
+    def _warn_outage(self) -> None:
+        if not self._outage:
+            self._outage = True
+            self.log.warning(f"{unreachable_message()}; retrying with backoff")
+
+    @contextmanager
+    def settle(self, message: QueueMessage) -> Iterator[None]:
+        """Run the `with` block as the work for `message`, then settle it:
+
+        - success: delete it;
+        - BadMessage: move it to the poison queue at once (retrying cannot help);
+        - any other error: leave it to reappear after its visibility timeout, or move it to
+          the poison queue once it has been delivered `max_attempts` times;
+        - Ctrl+C (Interrupted): release it so another consumer can take it at once.
+
+        While the block runs, the message's lease is renewed so that long work is not
+        handed to a second consumer.
+        """
+        renewal = _LeaseRenewal(self.queue, message, self.visibility_timeout, self.log)
+        try:
+            yield
+        except Interrupted:
+            renewal.stop()
+            self.release(message)
+            return
+        except BadMessage as error:
+            renewal.stop()
+            self.poison(message, str(error))
+            return
+        except Exception as error:
+            renewal.stop()
+            reason = f"{type(error).__name__}: {error}"
+            if message.dequeue_count >= self.max_attempts:
+                self.poison(message, f"failed {message.dequeue_count} times; last: {reason}")
+            else:
+                self._held.pop(message.id, None)
+                self.log.warning(
+                    f"attempt {message.dequeue_count} of {self.max_attempts} failed ({reason}); "
+                    f"it will be retried after its visibility timeout"
+                )
+            return
+        except BaseException:  # a second Ctrl+C: give the message back, then stop
+            renewal.stop()
+            self.release(message)
+            raise
+        renewal.stop()
+        self.delete(message)
+
+    def delete(self, message: QueueMessage) -> None:
+        self._held.pop(message.id, None)
+        try:
+            self.queue.delete_message(message.id, message.pop_receipt)
+        except ResourceNotFoundError:
+            self.log.warning(
+                f"message {message.id} was no longer ours to delete (its lease expired); "
+                "another consumer may process it again"
+            )
+        except UNREACHABLE:
+            self.log.warning(
+                f"could not delete message {message.id} (service unreachable); "
+                "it will be delivered again"
+            )
+
+    def release(self, message: QueueMessage) -> None:
+        """Make a message visible again at once (instead of after its visibility timeout)."""
+        self._held.pop(message.id, None)
+        try:
+            self.queue.update_message(message.id, message.pop_receipt, visibility_timeout=0)
+            self.log.info(f"released message {message.id} back to '{self.name}'")
+        except (ResourceNotFoundError, *UNREACHABLE):
+            pass  # lease already gone: it reappears on its own
+
+    def poison(self, message: QueueMessage, reason: str) -> None:
+        """Move a message to `<queue>-poison` with the reason, then delete the original.
+        Nothing is lost: the copy is written before the original is deleted."""
+        if self._poison is None:
+            self._poison = open_queue(self.name + POISON_SUFFIX, self.log)
+        record = {
+            "reason": reason,
+            "source_queue": self.name,
+            "dequeue_count": message.dequeue_count,
+            "poisoned_at": datetime.now(timezone.utc).isoformat(),
+            "message_id": message.id,
+            "body": message.content,
+        }
+        text = json.dumps(record, ensure_ascii=False)
+        if size_as_sent(text) > MAX_MESSAGE_BYTES:
+            text = message.content  # the wrapper would not fit: keep the body, log the reason
+        self._poison.send_message(text)
+        self.delete(message)
+        self.log.warning(f"moved message {message.id} to '{self.name}{POISON_SUFFIX}': {reason}")
+
+
+class _LeaseRenewal:
+    """Keeps a message invisible while work on it runs longer than its visibility timeout."""
+
+    def __init__(
+        self, queue: QueueClient, message: QueueMessage, timeout: int, log: logging.Logger
+    ) -> None:
+        self.queue, self.message, self.timeout, self.log = queue, message, timeout, log
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._renew, daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._done.wait(max(self.timeout / 2, 0.5)):
+            with self._lock:
+                if self._done.is_set():
+                    return
+                try:
+                    receipt = self.queue.update_message(
+                        self.message.id, self.message.pop_receipt, visibility_timeout=self.timeout
+                    )
+                    self.message.pop_receipt = receipt.pop_receipt  # the old receipt is void
+                except (HttpResponseError, *UNREACHABLE) as error:
+                    self.log.warning(f"could not renew the lease of {self.message.id}: {error}")
+
+    def stop(self) -> None:
+        with self._lock:  # never stop halfway through a renewal: its receipt is the live one
+            self._done.set()
+        self._thread.join()
+
+
+# --- polling and shutdown -----------------------------------------------------------------
+
+
+class Shutdown:
+    """Ctrl+C / SIGTERM: the first asks the script to stop taking messages and to release the
+    one in hand; a second one stops at once."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self._event.is_set():
+            raise KeyboardInterrupt
+        self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True if a stop was requested meanwhile."""
+        return self._event.wait(seconds)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep as part of the work: Ctrl+C interrupts it (raises Interrupted)."""
+        if self._event.wait(seconds):
+            raise Interrupted
+
+
+class Backoff:
+    """Idle polling: wait `initial` s after the first empty receive, doubling up to `maximum`.
+    After a non-empty receive, call reset() and poll again at once."""
+
+    def __init__(self, initial: float = 0.1, maximum: float = 1.0) -> None:
+        self.initial, self.maximum = initial, maximum
+        self.delay = initial
+
+    def reset(self) -> None:
+        self.delay = self.initial
+
+    def wait(self, shutdown: Shutdown) -> None:
+        shutdown.wait(self.delay)
+        self.delay = min(self.delay * 2, self.maximum)
+
+
+def add_consumer_arguments(
+    parser: Any, *, batch_size: int = 1, visibility_timeout: int = 30
+) -> None:
+    """The options every consumer has."""
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        choices=range(1, MAX_BATCH + 1),
+        metavar="1-32",
+        default=batch_size,
+        help=f"messages per receive call (default {batch_size})",
+    )
+    parser.add_argument(
+        "--visibility-timeout",
+        type=int,
+        default=visibility_timeout,
+        metavar="SECONDS",
+        help=f"how long a received message stays hidden from others (default {visibility_timeout})",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=5,
+        metavar="N",
+        help="deliveries before a failing message moves to the poison queue (default 5)",
+    )
+    parser.add_argument(
+        "--idle-max",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="longest wait between polls of an empty queue (default 1.0)",
+    )
+
+
+def run(main: Callable[[], int | None]) -> NoReturn:
+    """Run a script's main() and turn expected failures into one line and an exit code."""
+    try:
+        code = main() or 0
+    except Fatal as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        code = error.exit_code
+    except UNREACHABLE:
+        print(f"error: {unreachable_message()}", file=sys.stderr, flush=True)
+        code = 2
+    except ClientAuthenticationError as error:
+        print(
+            f"error: the queue service refused our credentials ({error.reason}); check "
+            f"{CONNECTION_STRING_VAR}",
+            file=sys.stderr,
+            flush=True,
+        )
+        code = 2
+    except HttpResponseError as error:
+        message = (error.message or "").splitlines()[0] if error.message else error.reason
+        print(f"error: the queue service refused the request: {message}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        code = 130
+    sys.exit(code)
