@@ -1,0 +1,181 @@
+"""Competing consumers, end to end: real Azurite, scripts run as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+
+from conftest import message_count, peek_bodies, requests_logged, run_script
+
+CONSUMER = "patterns.competing_consumers.consumer"
+PRODUCER = "patterns.competing_consumers.producer"
+
+
+def send(service, name, body) -> None:
+    service.get_queue_client(name).send_message(body if isinstance(body, str) else json.dumps(body))
+
+
+def ids(proc, verb: str) -> list[str]:
+    return [m.group(1) for m in proc.matches(rf"\] {verb} (\S+)")]
+
+
+def test_three_consumers_share_twenty_tasks_each_once(start, env, service, qname):
+    consumers = [start(CONSUMER, "--queue", qname, "--work-seconds", "0.2") for _ in range(3)]
+    for consumer in consumers:
+        consumer.wait_for("waiting for tasks")
+    producer = run_script(PRODUCER, "--queue", qname, "--count", "20", env=env)
+    assert producer.returncode == 0, producer.stderr
+    sent = [
+        line.rsplit(" ", 1)[1] for line in producer.stdout.splitlines() if "] sent task-" in line
+    ]
+    assert len(set(sent)) == 20
+
+    deadline = time.monotonic() + 30
+    while sum(len(ids(c, "done")) for c in consumers) < 20 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    exits = [c.stop() for c in consumers]
+
+    done = Counter(task for c in consumers for task in ids(c, "done"))
+    assert sorted(done) == sorted(sent)
+    assert max(done.values()) == 1, "a task was processed twice"
+    assert sum(1 for c in consumers if ids(c, "done")) > 1, "one consumer did all the work"
+    assert exits == [0, 0, 0]
+    assert message_count(service, qname) == 0
+
+
+def test_kill_9_mid_task_hands_it_to_another_consumer(start, service, qname):
+    first = start(CONSUMER, "--queue", qname, "--work-seconds", "60", "--visibility-timeout", "2")
+    first.wait_for("waiting for tasks")
+    send(service, qname, {"id": "survivor"})
+    first.wait_for("took survivor")
+    first.send_signal(signal.SIGKILL)
+    assert first.wait(5) == -signal.SIGKILL
+
+    second = start(CONSUMER, "--queue", qname, "--work-seconds", "0.1", "--visibility-timeout", "2")
+    second.wait_for("done survivor", timeout=15)
+    assert second.stop() == 0
+    assert message_count(service, qname) == 0
+
+
+def test_ctrl_c_mid_task_releases_it_at_once_and_exits_0(start, service, qname):
+    consumer = start(
+        CONSUMER, "--queue", qname, "--work-seconds", "60", "--visibility-timeout", "60"
+    )
+    consumer.wait_for("waiting for tasks")
+    send(service, qname, {"id": "long-task"})
+    consumer.wait_for("took long-task")
+    assert peek_bodies(service, qname) == []  # hidden while the consumer holds it
+
+    pressed = time.monotonic()
+    consumer.send_signal(signal.SIGINT)
+    assert consumer.wait(10) == 0
+    while not peek_bodies(service, qname) and time.monotonic() - pressed < 10:
+        time.sleep(0.1)
+    assert [json.loads(b)["id"] for b in peek_bodies(service, qname)] == ["long-task"]
+    assert time.monotonic() - pressed < 10, "released long before the 60 s visibility timeout"
+    assert "processed 0 task(s)" in consumer.text
+    assert "Traceback" not in consumer.text
+
+
+def test_failing_and_malformed_tasks_go_to_poison_and_the_consumer_goes_on(start, service, qname):
+    consumer = start(
+        CONSUMER, "--queue", qname, "--work-seconds", "0",
+        "--visibility-timeout", "1", "--max-attempts", "3",
+    )  # fmt: skip
+    consumer.wait_for("waiting for tasks")
+    send(service, qname, {"id": "always-fails", "fail": True})
+    send(service, qname, "this is not JSON")
+    send(service, qname, {"id": "fine"})
+    consumer.wait_for("done fine")
+    consumer.wait_for(r"moved message .* to '.*-poison'", count=2, timeout=20)
+
+    poisoned = [json.loads(b) for b in peek_bodies(service, f"{qname}-poison")]
+    by_body = {p["body"]: p for p in poisoned}
+    failing = by_body[json.dumps({"id": "always-fails", "fail": True})]
+    assert failing["reason"].startswith("failed 3 times")
+    assert "the task asked to fail" in failing["reason"]
+    assert failing["dequeue_count"] == 3
+    assert failing["source_queue"] == qname
+    assert by_body["this is not JSON"]["reason"].startswith("not JSON")
+    assert message_count(service, qname) == 0
+
+    send(service, qname, {"id": "after-poison"})
+    consumer.wait_for("done after-poison")  # still consuming
+    assert consumer.stop() == 0
+
+
+def test_task_longer_than_visibility_timeout_is_processed_once(start, service, qname):
+    slow = start(CONSUMER, "--queue", qname, "--work-seconds", "5", "--visibility-timeout", "2")
+    slow.wait_for("waiting for tasks")
+    send(service, qname, {"id": "slow-task"})
+    slow.wait_for("took slow-task")
+    rival = start(CONSUMER, "--queue", qname, "--work-seconds", "0", "--visibility-timeout", "2")
+    rival.wait_for("waiting for tasks")
+    slow.wait_for("done slow-task", timeout=15)
+    time.sleep(2.5)  # the window in which an expired lease would let the rival take it
+    slow.stop()
+    rival.stop()
+    assert ids(slow, "took") + ids(rival, "took") == ["slow-task"]
+    assert message_count(service, qname) == 0
+
+
+def test_no_server_exits_2_quickly_with_one_line(env, azurite):
+    from patterns.emulator import free_port
+    from patterns.helper import azurite_connection_string
+
+    dead = {**env, "AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string(free_port())}
+    for module in (PRODUCER, CONSUMER):
+        began = time.monotonic()
+        result = run_script(module, env=dead, timeout=30)
+        took = time.monotonic() - began
+        assert result.returncode == 2, result
+        assert took < 5, f"{module} took {took:.1f} s to give up"
+        errors = result.stderr.strip().splitlines()
+        assert len(errors) == 1, result.stderr
+        assert "cannot reach the queue service" in errors[0]
+        assert "make emulator" in errors[0]
+        assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_idle_consumer_makes_about_one_request_per_second(start, azurite, qname):
+    consumer = start(CONSUMER, "--queue", qname)
+    consumer.wait_for("waiting for tasks")
+    time.sleep(2)  # 0.1 + 0.2 + 0.4 + 0.8 s: the backoff reaches its 1 s ceiling
+    before = requests_logged(azurite, qname)
+    time.sleep(5)
+    polls = requests_logged(azurite, qname) - before
+    assert 3 <= polls <= 7, f"{polls} receive requests in 5 s"
+    assert consumer.stop() == 0
+
+
+def test_bad_queue_name_and_bad_connection_string_are_one_line_exit_2(env):
+    result = run_script(CONSUMER, "--queue", "Bad_Name", env=env)
+    assert result.returncode == 2
+    assert "invalid queue name 'Bad_Name'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    broken = {**env, "AZURE_STORAGE_CONNECTION_STRING": "AccountKey=c2VjcmV0;nonsense"}
+    result = run_script(PRODUCER, env=broken)
+    assert result.returncode == 2
+    assert "not a valid connection string" in result.stderr
+    assert "c2VjcmV0" not in result.stderr  # the key is redacted
+    assert "Traceback" not in result.stderr
+
+
+def test_scripts_run_as_files_with_help(env):
+    import subprocess
+    import sys
+
+    from patterns.emulator import ROOT
+
+    for path in (
+        "patterns/competing_consumers/producer.py",
+        "patterns/competing_consumers/consumer.py",
+    ):
+        result = subprocess.run(
+            [sys.executable, path, "--help"], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        assert "--queue" in result.stdout

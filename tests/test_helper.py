@@ -1,0 +1,113 @@
+"""Unit tests of the helper's pure parts: settings, redaction, names, sizes, backoff."""
+
+from __future__ import annotations
+
+import pytest
+
+from patterns import helper
+from patterns.helper import BadMessage, Fatal
+
+REAL = (
+    "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0a2V5;"
+    "EndpointSuffix=core.windows.net"
+)
+
+
+def test_environment_wins_over_dotenv(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text('AZURE_STORAGE_CONNECTION_STRING="from-dotenv"\n')
+    settings = helper.load_settings({"AZURE_STORAGE_CONNECTION_STRING": REAL}, dotenv)
+    assert settings == helper.Settings(REAL, "environment")
+
+
+def test_dotenv_is_used_when_environment_is_silent(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f'AZURE_STORAGE_CONNECTION_STRING="{REAL}"\n')
+    settings = helper.load_settings({}, dotenv)
+    assert settings.connection_string == REAL
+    assert settings.source == str(dotenv)
+
+
+def test_dotenv_is_found_from_the_current_directory(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text(f"AZURE_STORAGE_CONNECTION_STRING={REAL}\n")
+    monkeypatch.chdir(tmp_path)
+    assert helper.load_settings({}).connection_string == REAL
+
+
+def test_default_is_local_azurite(tmp_path):
+    empty = tmp_path / ".env"
+    empty.write_text("# nothing here\n")
+    settings = helper.load_settings({"AZURE_STORAGE_CONNECTION_STRING": "  "}, empty)
+    assert settings.source == "default"
+    assert "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1" in settings.connection_string
+
+
+@pytest.mark.parametrize(
+    ("secret", "text"),
+    [
+        ("c2VjcmV0a2V5", REAL),
+        (
+            "abc%2Fdef",
+            "QueueEndpoint=https://a.queue.core.windows.net;SharedAccessSignature=sv=2022&sig=abc%2Fdef",
+        ),
+    ],
+)
+def test_redact_hides_keys_and_signatures(secret, text):
+    redacted = helper.redact(text)
+    assert secret not in redacted
+    assert "***" in redacted
+    assert "AccountName=acct" in helper.redact(REAL)  # what is not secret stays readable
+
+
+@pytest.mark.parametrize("name", ["abc", "tasks-queue", "a1-b2-c3", "x" * 63, "0-9"])
+def test_valid_queue_names(name):
+    assert helper.queue_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["ab", "x" * 64, "Tasks", "tasks--queue", "-tasks", "tasks-", "tasks_queue", "täsks", ""],
+)
+def test_invalid_queue_names_are_refused_with_the_rule(name):
+    with pytest.raises(Fatal, match="3-63 lowercase letters"):
+        helper.queue_name(name)
+
+
+def test_encode_refuses_messages_over_64_kib():
+    assert helper.encode({"ok": "x" * 60_000})
+    with pytest.raises(Fatal, match="at most 64 KiB"):
+        helper.encode({"too-big": "x" * 66_000})
+    with pytest.raises(Fatal, match="at most 64 KiB"):  # XML escaping makes '&' five bytes
+        helper.encode({"escaped": "&" * 14_000})
+
+
+class _Message:
+    def __init__(self, content):
+        self.content = content
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [("", "empty"), ("   ", "empty"), ("{not json", "not JSON"), ("[1, 2]", "JSON object")],
+)
+def test_parse_json_rejects_what_cannot_be_processed(content, reason):
+    with pytest.raises(BadMessage, match=reason):
+        helper.parse_json(_Message(content))
+
+
+def test_backoff_doubles_to_its_ceiling_and_resets():
+    class NoSleep:
+        def __init__(self):
+            self.waits = []
+
+        def wait(self, seconds):
+            self.waits.append(seconds)
+            return False
+
+    sleeper = NoSleep()
+    backoff = helper.Backoff(0.1, 1.0)
+    for _ in range(6):
+        backoff.wait(sleeper)
+    backoff.reset()
+    backoff.wait(sleeper)
+    assert sleeper.waits == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 0.1])
