@@ -30,6 +30,13 @@ def main() -> int:
     parser.add_argument(
         "--concurrency", type=int, default=8, help="sends in flight at once (default 8)"
     )
+    parser.add_argument(
+        "--failing",
+        type=int,
+        default=0,
+        metavar="N",
+        help="make the first N tasks fail, to watch retries and the poison queue",
+    )
     args = parser.parse_args()
     log = helper.logger("producer")
     queue = helper.open_queue(args.queue, log)
@@ -38,6 +45,8 @@ def main() -> int:
     # copy or retry, ours does not, so consumers can report (and de-duplicate) by it.
     run_id = uuid.uuid4().hex[:8]
     tasks = [{"id": f"task-{n:03d}-{run_id}", "n": n} for n in range(1, args.count + 1)]
+    for task in tasks[: args.failing]:
+        task["fail"] = True  # the consumer raises an error for these
 
     def send(task: dict[str, object]) -> dict[str, object]:
         helper.send_json(queue, task)
