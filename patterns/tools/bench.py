@@ -1,0 +1,179 @@
+"""Benchmark: our scripts against the raw SDK ceiling on the same endpoint, as ratios.
+
+    python -m patterns.tools.bench            # private in-memory Azurite on a free port
+
+Figures (2 cores, Azurite): see the issue notes. Nothing here is asserted by the tests; the
+targets are in DESIGN.md (producer and consumer >= 0.8 of the raw ceiling, the seed's
+20 x 2 s scenario with 3 consumers within 1.03 x the ideal 14 s, idle <= 1 request/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+from azure.storage.queue import QueueClient, QueueServiceClient
+
+from patterns.emulator import Azurite
+from patterns.helper import CONNECTION_STRING_VAR, run
+from patterns.tools.runner import Proc
+
+PRODUCER = "patterns.competing_consumers.producer"
+CONSUMER = "patterns.competing_consumers.consumer"
+
+
+def raw_send(queue: QueueClient, count: int, concurrency: int) -> float:
+    """Messages per second for plain SDK sends from a thread pool (the ceiling)."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda n: queue.send_message(json.dumps({"id": n})), range(count)))
+    return count / (time.perf_counter() - started)
+
+
+def raw_drain(queue: QueueClient, count: int) -> float:
+    """Messages per second for a plain receive(32)+delete loop (the ceiling)."""
+    done, started = 0, time.perf_counter()
+    while done < count:
+        for message in queue.receive_messages(max_messages=32, messages_per_page=32):
+            queue.delete_message(message)
+            done += 1
+    return count / (time.perf_counter() - started)
+
+
+def log_time(line: str) -> float:
+    stamp = re.search(r"(\d\d:\d\d:\d\d\.\d{3})", line)
+    assert stamp is not None, line
+    parsed = datetime.strptime(stamp.group(1), "%H:%M:%S.%f")
+    return parsed.hour * 3600 + parsed.minute * 60 + parsed.second + parsed.microsecond / 1e6
+
+
+def script_send(env: dict[str, str], queue: str, count: int, concurrency: int) -> float:
+    producer = Proc(PRODUCER, "--queue", queue, "--count", str(count),
+                    "--concurrency", str(concurrency), env=env)  # fmt: skip
+    producer.wait(120)
+    rate = producer.matches(r"\((\d+)/s\)")
+    return float(rate[-1].group(1))
+
+
+def script_drain(env: dict[str, str], queue: str, count: int, consumers: int) -> float:
+    procs = [
+        Proc(CONSUMER, "--queue", queue, "--work-seconds", "0", "--batch-size", "32", env=env)
+        for _ in range(consumers)
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while sum(len(p.matches(r"\] done ")) for p in procs) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError("consumers did not drain the queue")
+            time.sleep(0.05)
+    finally:
+        for proc in procs:
+            proc.stop()
+    ready = [log_time(m.string) for p in procs for m in p.matches(r"waiting for tasks")]
+    done = [log_time(m.string) for p in procs for m in p.matches(r"\] done ")]
+    return count / (max(done) - min(ready))  # from ready (queue opened) to the last delete
+
+
+def seed_scenario(env: dict[str, str], queue: str) -> float:
+    """The seed's scenario: 20 tasks x 2 s, 3 consumers. Seconds from send to last done."""
+    procs = [Proc(CONSUMER, "--queue", queue, env=env) for _ in range(3)]
+    try:
+        for proc in procs:
+            proc.wait_for("waiting for tasks")
+        producer = Proc(PRODUCER, "--queue", queue, "--count", "20", env=env)
+        producer.wait(60)
+        first_sent = log_time(producer.matches(r"\] sent task-")[0].string)
+        for proc in procs:
+            proc.wait_for(r"\] done ", timeout=60, count=1)
+        deadline = time.monotonic() + 60
+        while sum(len(p.matches(r"\] done ")) for p in procs) < 20:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the seed scenario did not finish")
+            time.sleep(0.1)
+    finally:
+        for proc in procs:
+            proc.stop()
+    last_done = max(log_time(m.string) for p in procs for m in p.matches(r"\] done "))
+    return last_done - first_sent
+
+
+def idle_rate(env: dict[str, str], azurite: Azurite, queue: str, seconds: float) -> float:
+    consumer = Proc(CONSUMER, "--queue", queue, env=env)
+    try:
+        consumer.wait_for("waiting for tasks")
+        time.sleep(2)  # let the backoff reach its ceiling
+        before = _requests(azurite, queue)
+        time.sleep(seconds)
+        return (_requests(azurite, queue) - before) / seconds
+    finally:
+        consumer.stop()
+
+
+def seed_style_idle_rate(queue: QueueClient, seconds: float) -> float:
+    """The seed's idle loop, for comparison: the pager is always truthy, so it never sleeps."""
+    polls, ends = 0, time.monotonic() + seconds
+    while time.monotonic() < ends:
+        messages = queue.receive_messages(messages_per_page=1, visibility_timeout=30)
+        for _ in messages:
+            pass
+        polls += 1
+        if not messages:  # never true: this is the bug
+            time.sleep(5)
+    return polls / seconds
+
+
+def _requests(azurite: Azurite, queue: str) -> int:
+    assert azurite.log_path is not None
+    return Path(azurite.log_path).read_text(errors="replace").count(f"/{queue}/messages")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=1000, help="messages per throughput run")
+    parser.add_argument("--skip-seed", action="store_true", help="skip the 14 s seed scenario")
+    args = parser.parse_args()
+    rows: list[tuple[str, str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp, Azurite(log_path=Path(tmp) / "access.log") as az:
+        env = {**os.environ, CONNECTION_STRING_VAR: az.connection_string}
+        service = QueueServiceClient.from_connection_string(az.connection_string)
+        for name in ("bench-raw", "bench-ours", "bench-seed", "bench-idle", "bench-hot"):
+            service.create_queue(name)
+        raw_q = service.get_queue_client("bench-raw")
+
+        ceiling = raw_send(raw_q, args.count, 8)
+        ours = script_send(env, "bench-ours", args.count, 8)
+        rows.append(("producer (8 in flight)", f"{ours:.0f} vs raw {ceiling:.0f} msg/s",
+                     f"{ours / ceiling:.2f}"))  # fmt: skip
+
+        ceiling = raw_drain(raw_q, args.count)
+        ours = script_drain(env, "bench-ours", args.count, 1)
+        rows.append(("1 zero-work consumer, batch 32", f"{ours:.0f} vs raw {ceiling:.0f} msg/s",
+                     f"{ours / ceiling:.2f}"))  # fmt: skip
+
+        if not args.skip_seed:
+            seconds = seed_scenario(env, "bench-seed")
+            rows.append(("20 x 2 s tasks, 3 consumers", f"{seconds:.2f} s vs ideal 14 s",
+                         f"{seconds / 14:.3f}"))  # fmt: skip
+
+        rate = idle_rate(env, az, "bench-idle", 10)
+        rows.append(("idle consumer", f"{rate:.2f} requests/s", "target <= 1"))
+        hot = seed_style_idle_rate(service.get_queue_client("bench-hot"), 3)
+        rows.append(
+            ("seed-style idle loop", f"{hot:.0f} requests/s", f"{hot / max(rate, 0.01):.0f}x")
+        )
+
+    print(f"\n{'measure':<32} {'figure':<30} ratio")
+    for measure, figure, ratio in rows:
+        print(f"{measure:<32} {figure:<30} {ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
