@@ -34,6 +34,7 @@ from azure.storage.queue import LinearRetry, QueueClient, QueueMessage, QueueSer
 from dotenv import dotenv_values, find_dotenv
 
 CONNECTION_STRING_VAR = "AZURE_STORAGE_CONNECTION_STRING"
+ACCOUNT_URL_VAR = "AZURE_STORAGE_ACCOUNT_URL"  # Entra ID sign-in (optional extra `entra`)
 AZURITE_PORT = 10001
 # Azurite's well-known development account: public, documented, not a secret.
 AZURITE_ACCOUNT = "devstoreaccount1"
@@ -71,8 +72,9 @@ class Interrupted(Exception):
 
 @dataclass(frozen=True)
 class Settings:
-    connection_string: str
+    connection_string: str  # "" when signing in with Entra ID (account_url)
     source: str  # "environment", the .env path, or "default" (local Azurite)
+    account_url: str = ""  # https://<account>.queue.core.windows.net, with DefaultAzureCredential
 
 
 def azurite_connection_string(port: int = AZURITE_PORT, host: str = "127.0.0.1") -> str:
@@ -86,16 +88,21 @@ def load_settings(
     environ: Mapping[str, str] | None = None, dotenv_file: str | Path | None = None
 ) -> Settings:
     """The real environment wins, then `.env` (searched from the current directory up),
-    then the local Azurite on 127.0.0.1:10001."""
-    environ = os.environ if environ is None else environ
-    value = environ.get(CONNECTION_STRING_VAR, "").strip()
-    if value:
-        return Settings(value, "environment")
+    then the local Azurite on 127.0.0.1:10001. In each place a connection string wins over
+    AZURE_STORAGE_ACCOUNT_URL (Entra ID sign-in)."""
+    places: list[tuple[str, Mapping[str, str | None]]] = [
+        ("environment", os.environ if environ is None else environ)
+    ]
     path = str(dotenv_file) if dotenv_file is not None else find_dotenv(usecwd=True)
     if path and Path(path).is_file():
-        value = (dotenv_values(path).get(CONNECTION_STRING_VAR) or "").strip()
+        places.append((path, dotenv_values(path)))
+    for source, values in places:
+        value = (values.get(CONNECTION_STRING_VAR) or "").strip()
         if value:
-            return Settings(value, path)
+            return Settings(value, source)
+        url = (values.get(ACCOUNT_URL_VAR) or "").strip()
+        if url:
+            return Settings("", source, account_url=url)
     return Settings(azurite_connection_string(), "default")
 
 
@@ -162,12 +169,17 @@ def service(log: logging.Logger | None = None) -> QueueServiceClient:
                 f"{CONNECTION_STRING_VAR} is not set: using the local Azurite at "
                 f"127.0.0.1:{AZURITE_PORT}"
             )
+        options: dict[str, Any] = {
+            "retry_policy": LinearRetry(backoff=0.5, random_jitter_range=0.2, retry_total=3),
+            "connection_timeout": 3,
+            "read_timeout": 30,
+        }
+        if settings.account_url:
+            _service = entra_client(settings.account_url, log, **options)
+            return _service
         try:
             _service = QueueServiceClient.from_connection_string(
-                settings.connection_string,
-                retry_policy=LinearRetry(backoff=0.5, random_jitter_range=0.2, retry_total=3),
-                connection_timeout=3,
-                read_timeout=30,
+                settings.connection_string, **options
             )
         except ValueError as error:
             raise Fatal(
@@ -175,6 +187,29 @@ def service(log: logging.Logger | None = None) -> QueueServiceClient:
                 f"({redact(settings.connection_string)}): {error}"
             ) from error
     return _service
+
+
+def entra_client(
+    account_url: str, log: logging.Logger | None = None, **options: Any
+) -> QueueServiceClient:
+    """A client that signs in with Microsoft Entra ID (DefaultAzureCredential: `az login`,
+    environment variables, managed identity...) instead of an account key."""
+    try:
+        from azure.identity import DefaultAzureCredential
+    except ImportError:
+        raise Fatal(
+            f"{ACCOUNT_URL_VAR} is set (Entra ID sign-in) but azure-identity is not installed: "
+            f"run `pip install -e '.[entra]'`, or set {CONNECTION_STRING_VAR} instead"
+        ) from None
+    if not re.match(r"^https://[^/?#\s]+/?$", account_url):
+        raise Fatal(
+            f"{ACCOUNT_URL_VAR} must look like https://<account>.queue.core.windows.net "
+            f"(got {redact(account_url)!r})"
+        )
+    logging.getLogger("azure.identity").setLevel(logging.ERROR)  # no multi-line token chatter
+    if log is not None:
+        log.info(f"signing in to {account_url} with Microsoft Entra ID")
+    return QueueServiceClient(account_url, credential=DefaultAzureCredential(), **options)
 
 
 def open_queue(name: str, log: logging.Logger | None = None) -> QueueClient:
@@ -389,7 +424,12 @@ class Inbox:
         text = json.dumps(record, ensure_ascii=False)
         if size_as_sent(text) > MAX_MESSAGE_BYTES:
             text = message.content  # the wrapper would not fit: keep the body, log the reason
-        self._poison.send_message(text)
+        try:
+            self._poison.send_message(text)
+        except UNREACHABLE:
+            self._held.pop(message.id, None)
+            self.log.warning(f"could not move message {message.id} to poison; it will come back")
+            return
         self.delete(message)
         self.log.warning(f"moved message {message.id} to '{self.name}{POISON_SUFFIX}': {reason}")
 
@@ -518,9 +558,14 @@ def run(main: Callable[[], int | None]) -> NoReturn:
         print(f"error: {unreachable_message()}", file=sys.stderr, flush=True)
         code = 2
     except ClientAuthenticationError as error:
+        reason = error.reason or (error.message or "").strip().split("\n")[0]
+        check = (
+            "your Entra ID sign-in (`az login`)"
+            if load_settings().account_url
+            else CONNECTION_STRING_VAR
+        )
         print(
-            f"error: the queue service refused our credentials ({error.reason}); check "
-            f"{CONNECTION_STRING_VAR}",
+            f"error: the queue service refused our credentials ({reason}); check {check}",
             file=sys.stderr,
             flush=True,
         )

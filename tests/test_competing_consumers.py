@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections import Counter
 
+from azure.storage.queue import QueueClient
 from conftest import message_count, peek_bodies, requests_logged, run_script
+
+from patterns.emulator import Azurite
+from patterns.tools.runner import Proc
 
 CONSUMER = "patterns.competing_consumers.consumer"
 PRODUCER = "patterns.competing_consumers.producer"
@@ -179,3 +184,24 @@ def test_scripts_run_as_files_with_help(env):
         )
         assert result.returncode == 0, result.stderr
         assert "--queue" in result.stdout
+
+
+def test_consumer_rides_out_an_emulator_restart(tmp_path, qname):
+    """A transient outage while running: warn, back off, carry on when the service is back."""
+    emulator = Azurite(data_dir=tmp_path / "data", log_path=tmp_path / "azurite.log")
+    env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": emulator.connection_string}
+    with emulator:
+        consumer = Proc(CONSUMER, "--queue", qname, "--work-seconds", "0", env=env)
+        try:
+            consumer.wait_for("waiting for tasks")
+            emulator.stop()
+            consumer.wait_for("cannot reach the queue service", timeout=15)
+            emulator.start()  # same port, same data folder
+            client = QueueClient.from_connection_string(emulator.connection_string, qname)
+            client.send_message(json.dumps({"id": "after-restart"}))
+            consumer.wait_for("the queue service answers again", timeout=20)
+            consumer.wait_for("done after-restart", timeout=20)
+            assert consumer.stop() == 0
+            assert "Traceback" not in consumer.text
+        finally:
+            consumer.kill()
