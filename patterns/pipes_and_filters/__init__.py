@@ -1,0 +1,1 @@
+"""Pipes and filters: an order pipeline of independent steps joined by queues."""

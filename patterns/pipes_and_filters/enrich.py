@@ -1,0 +1,63 @@
+"""Pipes and filters - filter B, enrich: stamps each order with the time it was processed.
+
+    python patterns/pipes_and_filters/enrich.py
+    python -m patterns.pipes_and_filters.enrich --work-seconds 0.5
+
+Reads queue-enrich, adds `processed_at` (UTC, ISO-8601, with its +00:00 offset) and passes the
+order on to queue-finalize. Like every filter it forwards first and deletes after, so a crash
+in between gives a duplicate downstream, never a lost order. Start several to share the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timezone
+
+from patterns import helper
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--input", type=helper.queue_name, default="queue-enrich", help="default queue-enrich"
+    )
+    parser.add_argument(
+        "--output", type=helper.queue_name, default="queue-finalize", help="default queue-finalize"
+    )
+    parser.add_argument(
+        "--work-seconds", type=float, default=0.0, help="simulated work per order (default 0)"
+    )
+    helper.add_consumer_arguments(parser)
+    args = parser.parse_args()
+    log = helper.logger("enrich")
+    stop = helper.Shutdown()
+    idle = helper.Backoff(maximum=args.idle_max)
+    output = helper.open_queue(args.output, log)
+    enriched = 0
+
+    with helper.Inbox(
+        args.input, log, visibility_timeout=args.visibility_timeout, max_attempts=args.max_attempts
+    ) as inbox:
+        log.info(f"enriching orders from '{args.input}'")
+        while not stop.requested:
+            messages = inbox.receive(args.batch_size)
+            if not messages:
+                idle.wait(stop)
+                continue
+            idle.reset()
+            for message in messages:
+                if stop.requested:
+                    break
+                with inbox.settle(message):  # forward inside the block, delete after it
+                    order = helper.parse_json(message)
+                    stop.sleep(args.work_seconds)
+                    order["processed_at"] = datetime.now(timezone.utc).isoformat()
+                    helper.send_json(output, order)
+                    enriched += 1
+                    log.info(f"enriched {order.get('order_id')}, passed it to '{args.output}'")
+    log.info(f"stopped: enriched {enriched} order(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    helper.run(main)

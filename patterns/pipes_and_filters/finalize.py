@@ -1,0 +1,68 @@
+"""Pipes and filters - the end of the pipe: receives fully processed orders.
+
+    python patterns/pipes_and_filters/finalize.py
+    python -m patterns.pipes_and_filters.finalize
+
+Reads queue-finalize and prints each order with the time it took from the producer to here.
+Forwarding is at-least-once, so the same order can arrive twice (a filter crashed between its
+forward and its delete): this step recognises an order id it has already finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime, timezone
+
+from patterns import helper
+
+
+def seconds_since(iso_time: object) -> str:
+    """'0.42 s' since an ISO-8601 time (the producer's `sent_at`), or '?' if there is none."""
+    try:
+        took = datetime.now(timezone.utc) - datetime.fromisoformat(str(iso_time))
+    except (ValueError, TypeError):  # missing, or a time without its UTC offset
+        return "?"
+    return f"{took.total_seconds():.2f} s"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--input", type=helper.queue_name, default="queue-finalize", help="default queue-finalize"
+    )
+    helper.add_consumer_arguments(parser)
+    args = parser.parse_args()
+    log = helper.logger("finalize")
+    stop = helper.Shutdown()
+    idle = helper.Backoff(maximum=args.idle_max)
+    finished: set[str] = set()  # order ids seen by this process: at-least-once means repeats
+
+    with helper.Inbox(
+        args.input, log, visibility_timeout=args.visibility_timeout, max_attempts=args.max_attempts
+    ) as inbox:
+        log.info(f"waiting for processed orders on '{args.input}'")
+        while not stop.requested:
+            messages = inbox.receive(args.batch_size)
+            if not messages:
+                idle.wait(stop)
+                continue
+            idle.reset()
+            for message in messages:
+                if stop.requested:
+                    break
+                with inbox.settle(message):
+                    order = helper.parse_json(message)
+                    order_id = str(order.get("order_id"))
+                    if order_id in finished:
+                        log.info(f"duplicate {order_id} ignored (already finished)")
+                        continue
+                    finished.add(order_id)
+                    took = seconds_since(order.get("sent_at"))
+                    log.info(f"finished {order_id} after {took}: {json.dumps(order)}")
+    log.info(f"stopped: finished {len(finished)} order(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    helper.run(main)

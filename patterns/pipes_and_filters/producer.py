@@ -1,0 +1,62 @@
+"""Pipes and filters - the producer: puts orders into the first pipe of the pipeline.
+
+    python patterns/pipes_and_filters/producer.py                  # the seed's order
+    python -m patterns.pipes_and_filters.producer --count 20 --invalid
+
+The pipeline: queue-validate -> validate.py -> queue-enrich -> enrich.py -> queue-finalize ->
+finalize.py. Each order carries its own `order_id` through every step, and the time it was
+sent (`sent_at`) so that finalize.py can tell how long the whole pipeline took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any
+
+from patterns import helper
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--output",
+        type=helper.queue_name,
+        default="queue-validate",
+        help="first pipe of the pipeline (default queue-validate)",
+    )
+    parser.add_argument("--count", type=int, default=1, help="orders to send (default 1)")
+    parser.add_argument(
+        "--invalid", action="store_true", help="also send one order that fails validation"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="sends in flight at once (default 8)"
+    )
+    args = parser.parse_args()
+    log = helper.logger("producer")
+    pipe = helper.open_queue(args.output, log)
+
+    run_id = uuid.uuid4().hex[:8]  # order ids are unique across runs too
+    orders: list[dict[str, Any]] = [
+        {"order_id": f"ORD-{run_id}-{n:03d}", "amount": 25000, "items": ["item-A", "item-B"]}
+        for n in range(1, args.count + 1)
+    ]
+    if args.invalid:  # amount 0: validate.py sends it to queue-rejected
+        orders.append({"order_id": f"ORD-{run_id}-bad", "amount": 0, "items": ["item-A"]})
+
+    def send(order: dict[str, Any]) -> dict[str, Any]:
+        order["sent_at"] = datetime.now(timezone.utc).isoformat()
+        helper.send_json(pipe, order)
+        return order
+
+    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        for order in pool.map(send, orders):
+            log.info(f"sent {order['order_id']} (amount {order['amount']}) to '{args.output}'")
+    log.info(f"sent {len(orders)} order(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    helper.run(main)

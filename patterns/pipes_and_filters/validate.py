@@ -1,0 +1,99 @@
+"""Pipes and filters - filter A, validate: checks each order, passes good ones down the pipe.
+
+    python patterns/pipes_and_filters/validate.py
+    python -m patterns.pipes_and_filters.validate --work-seconds 0.5
+
+Reads queue-validate. A valid order goes to queue-enrich; an invalid one goes to
+queue-rejected with the reasons (never discarded); a message that is not JSON at all goes to
+queue-validate-poison. The order is forwarded first and deleted from the input only after
+that succeeded: a crash in between means a duplicate later, never a lost order.
+Start several to share the load (competing consumers on one stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timezone
+from typing import Any
+
+from patterns import helper
+
+
+def problems(order: dict[str, Any]) -> list[str]:
+    """Why an order is invalid; [] if it is fine."""
+    found = []
+    order_id, amount, items = order.get("order_id"), order.get("amount"), order.get("items")
+    if not isinstance(order_id, str) or not order_id.strip():
+        found.append("order_id is missing")
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount > 0:
+        found.append(f"amount must be a positive number, got {amount!r}")
+    if not isinstance(items, list) or not items:
+        found.append("items must be a non-empty list")
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--input", type=helper.queue_name, default="queue-validate", help="default queue-validate"
+    )
+    parser.add_argument(
+        "--output", type=helper.queue_name, default="queue-enrich", help="default queue-enrich"
+    )
+    parser.add_argument(
+        "--rejected",
+        type=helper.queue_name,
+        default="queue-rejected",
+        help="where invalid orders go, with the reasons (default queue-rejected)",
+    )
+    parser.add_argument(
+        "--work-seconds", type=float, default=0.0, help="simulated work per order (default 0)"
+    )
+    helper.add_consumer_arguments(parser)
+    args = parser.parse_args()
+    log = helper.logger("validate")
+    stop = helper.Shutdown()
+    idle = helper.Backoff(maximum=args.idle_max)
+    output = helper.open_queue(args.output, log)
+    rejected = helper.open_queue(args.rejected, log)
+    passed = failed = 0
+
+    with helper.Inbox(
+        args.input, log, visibility_timeout=args.visibility_timeout, max_attempts=args.max_attempts
+    ) as inbox:
+        log.info(f"validating orders from '{args.input}'")
+        while not stop.requested:
+            messages = inbox.receive(args.batch_size)
+            if not messages:
+                idle.wait(stop)
+                continue
+            idle.reset()
+            for message in messages:
+                if stop.requested:
+                    break
+                # Forward, then delete: settle() deletes the input message only after this
+                # block succeeded. If the forward fails, the order stays in the input queue.
+                with inbox.settle(message):
+                    order = helper.parse_json(message)  # not JSON: to the poison queue
+                    stop.sleep(args.work_seconds)
+                    reasons = problems(order)
+                    if reasons:
+                        record = {
+                            "reasons": reasons,
+                            "source_queue": args.input,
+                            "rejected_at": datetime.now(timezone.utc).isoformat(),
+                            "order": order,
+                        }
+                        helper.send_json(rejected, record)
+                        failed += 1
+                        log.info(f"rejected {order.get('order_id')}: {'; '.join(reasons)}")
+                    else:
+                        helper.send_json(output, order)
+                        passed += 1
+                        log.info(f"passed {order['order_id']} to '{args.output}'")
+    log.info(f"stopped: passed {passed}, rejected {failed}")
+    return 0
+
+
+if __name__ == "__main__":
+    helper.run(main)

@@ -1,0 +1,124 @@
+"""Request/reply - the requestor: asks questions over a queue and waits for the answers.
+
+    python patterns/request_reply/requestor.py                       # one "hello world"
+    python -m patterns.request_reply.requestor --count 10 --timeout 5
+
+Creates its own reply queue, `reply-<uuid>`, sends --count requests to request-queue (each
+with its own correlation id and a time-to-live of --timeout seconds, so nobody answers it
+after we stopped waiting), then polls its reply queue and matches each reply to its request
+by correlation id. Exit 0 when every reply arrived, 1 on timeout (or an error reply). The
+reply queue is deleted on every way out: success, timeout, error, Ctrl+C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from azure.core.exceptions import ResourceNotFoundError
+
+from patterns import helper
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--queue", type=helper.queue_name, default="request-queue", help="default request-queue"
+    )
+    parser.add_argument("--count", type=int, default=1, help="requests to send (default 1)")
+    parser.add_argument(
+        "--payload", default="hello world", help='what to ask (default "hello world")'
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the replies; also the requests' time-to-live (default 30)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="sends in flight at once (default 8)"
+    )
+    args = parser.parse_args()
+    if args.count < 1 or args.timeout <= 0:
+        raise helper.Fatal("--count and --timeout must be positive")
+    log = helper.logger("requestor")
+    stop = helper.Shutdown()
+    requests = helper.open_queue(args.queue, log)
+
+    reply_queue = f"reply-{uuid.uuid4()}"  # ours alone: no one else's replies land in it
+    replies = helper.Inbox(reply_queue, log)
+    try:
+        numbers = range(1, args.count + 1)  # several requests: "hello world 1", "... 2", ...
+        payloads = [args.payload if args.count == 1 else f"{args.payload} {n}" for n in numbers]
+        pending: dict[str, tuple[int, float]] = {}  # correlation id -> (request number, sent)
+        ttl = max(1, math.ceil(args.timeout))  # an unanswered request expires with our wait
+        started = time.monotonic()
+
+        def send(n: int) -> str:
+            correlation_id = str(uuid.uuid4())
+            request = {"correlation_id": correlation_id, "reply_to": reply_queue}
+            pending[correlation_id] = (n, time.monotonic())
+            helper.send_json(requests, {**request, "payload": payloads[n - 1]}, time_to_live=ttl)
+            return correlation_id
+
+        with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+            for n, correlation_id in enumerate(pool.map(send, numbers), 1):
+                log.info(f"sent request {n} ({correlation_id}): {payloads[n - 1]!r}")
+        log.info(f"waiting up to {args.timeout:g} s for {args.count} reply(ies) on '{reply_queue}'")
+
+        idle = helper.Backoff(initial=0.02, maximum=0.1)  # short polls: someone is waiting
+        errors = strays = 0
+        while pending and not stop.requested and time.monotonic() - started < args.timeout:
+            messages = replies.receive(helper.MAX_BATCH)
+            if not messages:
+                idle.wait(stop)
+                continue
+            idle.reset()
+            for message in messages:
+                replies.delete(message)
+                try:
+                    reply = helper.parse_json(message)
+                except helper.BadMessage:
+                    reply = {}
+                correlation_id = reply.get("correlation_id")
+                # The correlation check: is this the answer to one of *our* open requests?
+                if not isinstance(correlation_id, str) or correlation_id not in pending:
+                    strays += 1
+                    log.warning(f"ignored a stray reply: {(message.content or '')[:100]!r}")
+                    continue
+                n, sent = pending.pop(correlation_id)
+                ms = (time.monotonic() - sent) * 1000
+                if "error" in reply:
+                    errors += 1
+                    log.warning(f"request {n} failed after {ms:.0f} ms: {reply['error']}")
+                else:
+                    log.info(f"reply to request {n}: {reply.get('result')!r} after {ms:.0f} ms")
+
+        if stop.requested:
+            log.info(f"stopped by Ctrl+C with {len(pending)} reply(ies) still missing")
+            return 0
+        for correlation_id, (n, _) in sorted(pending.items(), key=lambda item: item[1]):
+            log.warning(f"no reply to request {n} ({correlation_id})")
+        if pending:
+            log.warning(f"timed out after {args.timeout:g} s: {len(pending)} reply(ies) missing")
+            return 1
+        seconds = time.monotonic() - started
+        extra = f", ignored {strays} stray(s)" if strays else ""
+        log.info(f"all {args.count} reply(ies) received in {seconds:.2f} s{extra}")
+        return 1 if errors else 0
+    finally:
+        try:
+            helper.service().delete_queue(reply_queue)
+            log.info(f"deleted reply queue '{reply_queue}'")
+        except ResourceNotFoundError:
+            pass
+        except helper.UNREACHABLE:
+            log.warning(f"could not delete reply queue '{reply_queue}': service unreachable")
+
+
+if __name__ == "__main__":
+    helper.run(main)
