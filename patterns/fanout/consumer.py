@@ -1,0 +1,85 @@
+"""Fan-out - one subscriber: gets its own copy of every published message.
+
+Start one per subscriber, each in its own terminal (one script, any number of subscribers):
+
+    python patterns/fanout/consumer.py --subscriber a
+    python -m patterns.fanout.consumer --subscriber b
+    python patterns/fanout/consumer.py --subscriber c --unsubscribe   # queue deleted on exit
+
+Subscribing means creating the queue fanout-queue-NAME; the producer finds it by its prefix.
+The queue outlives the consumer (a durable subscription): what is published while the
+subscriber is stopped waits there. A copy that arrives twice (the producer re-sent it) is
+recognised by its application id and skipped: the idempotent receiver.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from patterns import helper
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--subscriber", required=True, help="this subscriber's name, e.g. a")
+    parser.add_argument(
+        "--prefix", default="fanout-queue-", help="queue name prefix (default fanout-queue-)"
+    )
+    parser.add_argument(
+        "--unsubscribe", action="store_true", help="delete this subscriber's queue on exit"
+    )
+    parser.add_argument(
+        "--work-seconds", type=float, default=1.0, help="simulated work per message (default 1)"
+    )
+    parser.add_argument(
+        "--remember", type=int, default=1000, help="processed ids kept for de-duplication (1000)"
+    )
+    helper.add_consumer_arguments(parser, batch_size=1)
+    args = parser.parse_args()
+    queue = helper.queue_name(args.prefix + args.subscriber)
+    if queue.endswith(helper.POISON_SUFFIX):
+        raise helper.Fatal(f"invalid subscriber name {args.subscriber!r}: '-poison' is reserved")
+    log = helper.logger(f"subscriber-{args.subscriber}")
+    stop = helper.Shutdown()
+    idle = helper.Backoff(maximum=args.idle_max)
+    seen: dict[str, None] = {}  # ids already processed, oldest first (bounded: --remember)
+    processed = skipped = 0
+
+    with helper.Inbox(
+        queue, log, visibility_timeout=args.visibility_timeout, max_attempts=args.max_attempts
+    ) as inbox:  # creating the queue is what subscribes us
+        log.info(f"subscribed: waiting for messages on '{queue}'")
+        while not stop.requested:
+            messages = inbox.receive(args.batch_size)
+            if not messages:
+                idle.wait(stop)
+                continue
+            idle.reset()
+            for message in messages:
+                if stop.requested:
+                    break
+                with inbox.settle(message):  # delete on success; retry or poison on failure
+                    body = helper.parse_json(message)
+                    if "id" not in body:
+                        raise helper.BadMessage("no application 'id' in the message")
+                    if body["id"] in seen:  # a second copy of something we already did
+                        skipped += 1
+                        log.info(f"skipped {body['id']}: already processed (duplicate)")
+                        continue  # leaving the block deletes the duplicate
+                    log.info(f"took {body['id']}: {body.get('text')}")
+                    stop.sleep(args.work_seconds)  # the work; Ctrl+C interrupts it
+                    seen[body["id"]] = None
+                    if len(seen) > args.remember:
+                        del seen[next(iter(seen))]  # forget the oldest id
+                    processed += 1
+                    log.info(f"done {body['id']}")
+
+    if args.unsubscribe:
+        helper.service().delete_queue(queue)
+        log.info(f"unsubscribed: deleted queue '{queue}'")
+    log.info(f"stopped: processed {processed} message(s), skipped {skipped} duplicate(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    helper.run(main)

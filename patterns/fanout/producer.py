@@ -1,0 +1,106 @@
+"""Fan-out - the producer: copies one message into the queue of every subscriber.
+
+Queue Storage has no topics, so "publish" means "send a copy to each subscriber's queue".
+The subscribers are found by name: every queue starting with --prefix (fanout-queue-).
+
+    python patterns/fanout/producer.py                      # to every fanout-queue-* queue
+    python patterns/fanout/producer.py --message "Order Confirmed: #12346"
+    python -m patterns.fanout.producer --subscribers a,b    # the seed's fixed list instead
+    python patterns/fanout/producer.py --id order-12345     # re-send: subscribers skip it
+
+Exit 1 if no subscriber exists, or if some subscriber queues did not get the message even
+after retries; they are named, and re-running with the same --id completes the fan-out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+
+from azure.core.exceptions import HttpResponseError
+
+from patterns import helper
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--message",
+        default="Order Confirmed: #12345",
+        help="text to publish (default 'Order Confirmed: #12345')",
+    )
+    parser.add_argument(
+        "--id", help="the message's application id (default: a new one); reuse it to re-send"
+    )
+    parser.add_argument(
+        "--prefix",
+        default="fanout-queue-",
+        help="subscriber queues are named PREFIX + subscriber (default fanout-queue-)",
+    )
+    parser.add_argument(
+        "--subscribers",
+        metavar="A,B,...",
+        help="send to these subscribers (creating their queues) instead of discovering them",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=3, help="extra rounds for queues whose send failed (3)"
+    )
+    args = parser.parse_args()
+    log = helper.logger("producer")
+    service = helper.service(log)
+
+    # 1. Who subscribes? Either the fixed list (the seed's way: the producer must know every
+    #    consumer), or every queue whose name starts with the prefix (a new subscriber only has
+    #    to create its queue). A subscriber's poison queue is not a subscriber.
+    if args.subscribers:
+        queues = [helper.queue_name(args.prefix + n.strip()) for n in args.subscribers.split(",")]
+        for name in queues:
+            helper.open_queue(name, log)
+        log.info(f"subscribers (fixed list): {', '.join(queues)}")
+    else:
+        found = service.list_queues(name_starts_with=args.prefix)
+        queues = [q.name for q in found if not q.name.endswith(helper.POISON_SUFFIX)]
+        if not queues:
+            log.warning(
+                f"no subscriber queues named '{args.prefix}*': nobody would receive this "
+                "message, so it was not sent. Start a subscriber first: "
+                "python patterns/fanout/consumer.py --subscriber a"
+            )
+            return 1
+        log.info(f"subscribers (found by prefix '{args.prefix}'): {', '.join(queues)}")
+
+    # 2. The fan-out: the same message, with the same application id, into every queue.
+    #    The service gives each copy its own message id; ours is what ties the copies together.
+    message = {"id": args.id or f"msg-{uuid.uuid4().hex[:8]}", "text": args.message}
+    log.info(f"publishing {message['id']}: {args.message}")
+    pending = queues
+    for attempt in range(1 + args.retries):
+        if attempt:
+            log.info(f"retry {attempt} of {args.retries} for: {', '.join(pending)}")
+            time.sleep(attempt)  # give a struggling service a moment
+        failed = []
+        for name in pending:
+            try:
+                helper.send_json(service.get_queue_client(name), message)
+                log.info(f"-> sent to '{name}'")
+            except (HttpResponseError, *helper.UNREACHABLE) as error:
+                log.warning(f"-> could not send to '{name}': {type(error).__name__}")
+                failed.append(name)
+        pending = failed
+        if not pending:
+            break
+
+    if pending:  # a partial fan-out: say exactly who is missing the message, and how to fix it
+        log.error(
+            f"{message['id']} did NOT reach {len(pending)} of {len(queues)} subscriber(s): "
+            f"{', '.join(pending)}. Re-run with --id {message['id']}: subscribers that already "
+            "have it will skip it"
+        )
+        return 1
+    log.info(f"published {message['id']} to {len(queues)} subscriber(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    helper.run(main)
