@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup test demo emulator lint clean
+.PHONY: setup test demo emulator status cleanup lint clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -27,6 +27,13 @@ demo: setup
 
 emulator: setup
 	$(PY) -m patterns.emulator
+
+# Queue tools; pass options in ARGS, e.g. `make status ARGS=--watch`, `make cleanup ARGS=--dry-run`.
+status: setup
+	$(PY) -m patterns.tools.status $(ARGS)
+
+cleanup: setup
+	$(PY) -m patterns.tools.cleanup $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,83 @@
+"""Peek: show the next messages of a queue without taking them.
+
+    python patterns/tools/peek.py tasks-queue              # the next message
+    python -m patterns.tools.peek tasks-queue-poison -n 5  # the next 5 (at most 32)
+
+This is the service's peek: nothing is received, hidden, deleted or counted as a delivery, so
+the queue is exactly as it was. Messages a consumer holds right now (invisible) are not shown.
+JSON bodies are pretty-printed; a poison record's `body` is unpacked too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.queue import QueueMessage
+
+from patterns import helper
+
+
+def count(text: str) -> int:
+    n = int(text)
+    if not 1 <= n <= helper.MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"must be 1-{helper.MAX_BATCH}")
+    return n
+
+
+def pretty(text: str) -> str:
+    """JSON pretty-printed (a poison record's JSON body as well); anything else as it is."""
+    try:
+        body: Any = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return text
+    if isinstance(body, dict) and isinstance(body.get("body"), str) and "source_queue" in body:
+        with contextlib.suppress(json.JSONDecodeError):  # show the original readably
+            body = {**body, "body": json.loads(body["body"])}
+    return json.dumps(body, indent=2, ensure_ascii=False)
+
+
+def describe(n: int, message: QueueMessage) -> str:
+    inserted = message.inserted_on.isoformat(timespec="seconds") if message.inserted_on else "?"
+    expires = message.expires_on.isoformat(timespec="seconds") if message.expires_on else "?"
+    head = (
+        f"--- {n}: message {message.id}  dequeue count {message.dequeue_count}  "
+        f"inserted {inserted}  expires {expires}"
+    )
+    return head + "\n" + pretty(message.content or "")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("queue", type=helper.queue_name, help="queue to look into")
+    parser.add_argument(
+        "-n",
+        "--count",
+        type=count,
+        default=1,
+        metavar="N",
+        help=f"how many messages to show (1-{helper.MAX_BATCH}, default 1)",
+    )
+    args = parser.parse_args()
+    log = helper.logger("peek")
+    queue = helper.service(log).get_queue_client(args.queue)  # not open_queue: create nothing
+    try:
+        total = queue.get_queue_properties().approximate_message_count
+        messages = list(queue.peek_messages(max_messages=args.count))
+    except ResourceNotFoundError:
+        raise helper.Fatal(f"queue '{args.queue}' does not exist") from None
+    for n, message in enumerate(messages, 1):
+        print(describe(n, message))
+    print(
+        f"{len(messages)} message(s) shown of about {total} in '{args.queue}' "
+        "(peeked: nothing was taken)",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    helper.run(main)

@@ -1,0 +1,76 @@
+"""Which queue names belong to which pattern: the one table that status.py and cleanup.py read.
+
+A pattern owns exact names (`tasks-queue`) and name prefixes (`fanout-queue-<subscriber>`,
+`reply-<uuid>`); every one of them may have a poison queue, `<name>-poison`. When a pattern
+gets a new queue, add it here and both tools know it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from patterns.helper import POISON_SUFFIX
+
+
+@dataclass(frozen=True)
+class Pattern:
+    title: str
+    names: tuple[str, ...] = ()  # exact queue names, in the order a learner meets them
+    prefixes: tuple[str, ...] = ()  # a queue named <prefix><something> belongs here too
+
+    def owns(self, name: str) -> bool:
+        return name in self.names or any(
+            name.startswith(prefix) and len(name) > len(prefix) for prefix in self.prefixes
+        )
+
+
+PATTERNS: tuple[Pattern, ...] = (
+    Pattern("competing consumers", names=("tasks-queue",)),
+    Pattern("fan-out", prefixes=("fanout-queue-",)),
+    Pattern(
+        "priority",
+        names=("tasks-high-priority", "tasks-normal-priority", "tasks-low-priority"),
+    ),
+    Pattern(
+        "pipes and filters",
+        names=("queue-validate", "queue-enrich", "queue-finalize", "queue-rejected"),
+    ),
+    Pattern("request/reply", names=("request-queue",), prefixes=("reply-",)),
+)
+
+
+def source_queue(name: str) -> str:
+    """The queue a poison queue belongs to (`tasks-queue-poison` -> `tasks-queue`)."""
+    return name.removesuffix(POISON_SUFFIX) if name.endswith(POISON_SUFFIX) else name
+
+
+def is_poison(name: str) -> bool:
+    return name.endswith(POISON_SUFFIX) and len(name) > len(POISON_SUFFIX)
+
+
+def classify(name: str, prefix: str = "") -> tuple[Pattern, str] | None:
+    """(pattern, tutorial name of its source queue) for queue `name`, or None when the tutorial
+    does not use it. A poison queue belongs to its source queue's pattern.
+
+    `prefix` lets several learners (or tests) share one account: with prefix `alice-`,
+    `alice-tasks-queue` is alice's `tasks-queue`."""
+    candidates = [name]
+    if prefix and name.startswith(prefix):
+        candidates.append(name[len(prefix) :])
+    for candidate in candidates:
+        base = source_queue(candidate)
+        for pattern in PATTERNS:
+            if pattern.owns(base):
+                return pattern, base
+    return None
+
+
+def sort_key(name: str, prefix: str = "") -> tuple[int, int, str]:
+    """Tutorial order: patterns as in the README, each pattern's names in its own order,
+    queues no pattern uses last."""
+    found = classify(name, prefix)
+    if found is None:
+        return (len(PATTERNS), 0, name)
+    pattern, base = found
+    rank = pattern.names.index(base) if base in pattern.names else len(pattern.names)
+    return (PATTERNS.index(pattern), rank, name)

@@ -1,0 +1,133 @@
+"""Redrive: move messages from a poison queue back to the queue they came from.
+
+    python patterns/tools/redrive.py tasks-queue              # all of tasks-queue-poison
+    python -m patterns.tools.redrive tasks-queue --count 2    # only the first 2
+
+Fix the cause first (the bug, the bad data), then redrive: each message goes back with its
+original body - the poison record's reason and counters are dropped - as a new message, so
+consumers get --max-attempts fresh tries. Each message is sent to QUEUE first and deleted from
+the poison queue only then: stopped halfway (Ctrl+C, a crash), nothing is lost; at worst one
+message is in both queues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.queue import QueueClient, QueueMessage
+
+from patterns import helper
+
+RECORD_KEYS = {"reason", "source_queue", "dequeue_count", "poisoned_at", "message_id", "body"}
+
+
+def unwrap(text: str) -> tuple[str, dict[str, Any] | None]:
+    """(original body, poison record) for a poison message written by helper.Inbox.poison;
+    (text, None) for anything else - e.g. a body too big for the record, kept as it was."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return text, None
+    is_record = isinstance(record, dict) and record.keys() >= RECORD_KEYS
+    if is_record and isinstance(record["body"], str):
+        return record["body"], record
+    return text, None
+
+
+def label(body: str, message: QueueMessage) -> str:
+    """The application id of a body, if it has one, else the service's message id."""
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        for key in ("id", "order_id", "correlation_id"):
+            if isinstance(data.get(key), str | int):
+                return str(data[key])
+    return f"message {message.id}"
+
+
+def positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return n
+
+
+def release(poison: QueueClient, messages: list[QueueMessage]) -> None:
+    """Hand back messages received but not moved, so they are visible again at once."""
+    for message in messages:
+        try:
+            poison.update_message(message.id, message.pop_receipt, visibility_timeout=0)
+        except (ResourceNotFoundError, *helper.UNREACHABLE):
+            pass  # they reappear on their own after the visibility timeout
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "queue", type=helper.queue_name, help="the queue to refill from QUEUE-poison"
+    )
+    parser.add_argument(
+        "--count",
+        type=positive,
+        default=None,
+        metavar="N",
+        help="move at most N messages (default: all that are in the poison queue now)",
+    )
+    args = parser.parse_args()
+    log = helper.logger("redrive")
+    poison_name = helper.queue_name(args.queue + helper.POISON_SUFFIX)
+    poison = helper.service(log).get_queue_client(poison_name)
+    try:
+        waiting = poison.get_queue_properties().approximate_message_count
+    except ResourceNotFoundError:
+        log.info(f"nothing to redrive: there is no queue '{poison_name}'")
+        return 0
+    # Never more than were there at the start: a consumer that poisons them again at once
+    # must not make this loop for ever.
+    limit = min(args.count, waiting) if args.count is not None else waiting
+    target = helper.open_queue(args.queue, log)
+    stop = helper.Shutdown()
+    moved = 0
+
+    while moved < limit and not stop.requested:
+        want = min(helper.MAX_BATCH, limit - moved)
+        pages = poison.receive_messages(
+            messages_per_page=want, max_messages=want, visibility_timeout=60
+        ).by_page()
+        batch = list(next(pages, []))
+        if not batch:
+            break  # the rest is held by someone else, or gone
+        for n, message in enumerate(batch):
+            if stop.requested:
+                release(poison, batch[n:])
+                break
+            body, record = unwrap(message.content or "")
+            if record is not None and record["source_queue"] != args.queue:
+                log.warning(
+                    f"message {message.id} came from '{record['source_queue']}', "
+                    f"not '{args.queue}'; moving it to '{args.queue}' as asked"
+                )
+            target.send_message(body)  # first the copy ...
+            try:
+                poison.delete_message(message.id, message.pop_receipt)  # ... then the original
+            except ResourceNotFoundError:
+                log.warning(f"message {message.id} stayed in '{poison_name}' (lease lost)")
+            moved += 1
+            why = f" (it had failed: {record['reason']})" if record is not None else ""
+            log.info(f"moved {label(body, message)} back to '{args.queue}'{why}")
+
+    left = poison.get_queue_properties().approximate_message_count
+    log.info(
+        f"moved {moved} message(s) from '{poison_name}' back to '{args.queue}'; "
+        f"{left} left in '{poison_name}'"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    helper.run(main)

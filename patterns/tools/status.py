@@ -1,0 +1,138 @@
+"""Status: every queue, how many messages it holds and its poison count, grouped by pattern.
+
+Keep it open in a terminal of its own and watch the depths rise and fall while producers and
+consumers run (Ctrl+C stops it):
+
+    python patterns/tools/status.py --watch          # or: make status ARGS=--watch
+    python -m patterns.tools.status --prefix fanout  # only queues whose names start so
+
+Counts are the service's approximate message count: messages a consumer holds (invisible)
+are included. Works against Azurite and a real account alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.storage.queue import QueueServiceClient
+
+from patterns import helper
+from patterns.helper import POISON_SUFFIX
+from patterns.tools.queues import classify, is_poison, sort_key, source_queue
+
+CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
+
+
+@dataclass
+class Row:
+    group: str  # the pattern's title, or "other"
+    queue: str
+    messages: int | None  # None: the queue does not exist (only its poison queue does)
+    poison: int | None  # None: no poison queue
+
+
+def counts(svc: QueueServiceClient, prefix: str) -> dict[str, int]:
+    """Approximate message count of every queue whose name starts with `prefix`."""
+    names = [q.name for q in svc.list_queues(name_starts_with=prefix or None)]
+
+    def count(name: str) -> int | None:
+        try:
+            props = svc.get_queue_client(name).get_queue_properties()
+        except ResourceNotFoundError:
+            return None  # deleted since it was listed
+        return props.approximate_message_count
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = dict(zip(names, pool.map(count, names), strict=True))
+    return {name: n for name, n in found.items() if n is not None}
+
+
+def rows(found: dict[str, int], prefix: str = "") -> list[Row]:
+    """One row per queue, its poison queue's count beside it, in the tutorial's order."""
+    table: dict[str, Row] = {}
+    for name in sorted(found, key=lambda n: sort_key(n, prefix)):
+        poison = is_poison(name)
+        queue = source_queue(name) if poison else name
+        if queue not in table:
+            pattern = classify(queue, prefix)
+            table[queue] = Row(pattern[0].title if pattern else "other", queue, None, None)
+        if poison:
+            table[queue].poison = found[name]
+        else:
+            table[queue].messages = found[name]
+    return sorted(table.values(), key=lambda r: sort_key(r.queue, prefix))
+
+
+def render(table: list[Row], endpoint: str, prefix: str) -> str:
+    scope = f" starting with '{prefix}'" if prefix else ""
+    stamp = datetime.now().strftime("%H:%M:%S")
+    if not table:
+        return f"{stamp}  no queues{scope} at {endpoint} yet\n"
+    head = ("pattern", "queue", "messages", "poison")
+    lines: list[tuple[str, str, str, str]] = []
+    previous = ""
+    for row in table:
+        lines.append(
+            (
+                row.group if row.group != previous else "",
+                row.queue,
+                "-" if row.messages is None else str(row.messages),
+                "-" if row.poison is None else str(row.poison),
+            )
+        )
+        previous = row.group
+    w = [max(len(line[i]) for line in [head, *lines]) for i in range(4)]
+    out = [f"{head[0]:<{w[0]}}  {head[1]:<{w[1]}}  {head[2]:>{w[2]}}  {head[3]:>{w[3]}}"]
+    out += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}  {d:>{w[3]}}" for a, b, c, d in lines]
+    out.append(
+        f"{stamp}  {len(table)} queue(s){scope} at {endpoint}; "
+        f"poison = messages in <queue>{POISON_SUFFIX}; '-' = no such queue"
+    )
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--watch", action="store_true", help="redraw every second until Ctrl+C")
+    parser.add_argument(
+        "--prefix",
+        default="",
+        metavar="TEXT",
+        help="only queues whose names start with TEXT (tutorial names may follow it)",
+    )
+    parser.add_argument(
+        "--interval", type=float, default=1.0, metavar="SECONDS", help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    log = helper.logger("status")
+    svc = helper.service(log)
+    endpoint = svc.url.rstrip("/")
+    print(render(rows(counts(svc, args.prefix), args.prefix), endpoint, args.prefix), end="")
+    if not args.watch:
+        return 0
+
+    if os.name == "nt":
+        os.system("")  # lets the Windows console understand the clear-screen sequence
+    clear = CLEAR if sys.stdout.isatty() else "\n"
+    stop = helper.Shutdown()
+    while not stop.wait(args.interval):
+        try:
+            frame = render(rows(counts(svc, args.prefix), args.prefix), endpoint, args.prefix)
+        except (*helper.UNREACHABLE, HttpResponseError) as error:
+            if isinstance(error, helper.UNREACHABLE):
+                reason = helper.unreachable_message()
+            else:
+                reason = str(error).splitlines()[0]
+            frame = f"{datetime.now():%H:%M:%S}  {reason}; trying again\n"
+        print(clear + frame, end="", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    helper.run(main)
