@@ -1,0 +1,366 @@
+"""The learner's tools (status, peek, cleanup, redrive) against the session Azurite, and the
+Entra ID client building (no network).
+
+Every test works under its own queue-name prefix and gives the tools that prefix, so nothing
+here sees, counts or deletes the queues of tests running beside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from conftest import message_count, peek_bodies, run_script
+
+from patterns import helper
+from patterns.emulator import ROOT
+
+STATUS = "patterns.tools.status"
+PEEK = "patterns.tools.peek"
+CLEANUP = "patterns.tools.cleanup"
+REDRIVE = "patterns.tools.redrive"
+CONSUMER = "patterns.competing_consumers.consumer"
+
+
+@pytest.fixture
+def ns() -> str:
+    """A prefix no other test uses; tutorial names go after it (`t1a2b3c4d-tasks-queue`)."""
+    return f"t{uuid.uuid4().hex[:8]}-"
+
+
+def make(service, name: str, *bodies: str) -> None:
+    queue = service.get_queue_client(name)
+    queue.create_queue()
+    for body in bodies:
+        queue.send_message(body)
+
+
+def existing(service, prefix: str) -> set[str]:
+    return {q.name for q in service.list_queues(name_starts_with=prefix)}
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+def test_status_groups_queues_by_pattern_with_counts_and_poison_beside(env, service, ns):
+    make(service, f"{ns}tasks-queue", "a", "b", "c")
+    make(service, f"{ns}tasks-queue-poison", "x")
+    make(service, f"{ns}fanout-queue-a", "1", "2")
+    make(service, f"{ns}fanout-queue-b")
+    make(service, f"{ns}tasks-normal-priority", "n")
+    make(service, f"{ns}tasks-high-priority", "h1", "h2")
+    make(service, f"{ns}queue-validate-poison", "bad")  # its source queue does not exist
+    make(service, f"{ns}my-own-queue", "m")
+
+    result = run_script(STATUS, "--prefix", ns, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["pattern", "queue", "messages", "poison"]
+    by_queue = {re.sub(r"^" + ns, "", m.group(1)): m for m in _rows(result.stdout, ns)}
+    assert list(by_queue) == [  # the tutorial's order; poison queues have no row of their own
+        "tasks-queue",
+        "fanout-queue-a",
+        "fanout-queue-b",
+        "tasks-high-priority",
+        "tasks-normal-priority",
+        "queue-validate",
+        "my-own-queue",
+    ]
+    counts = {name: (m.group(2), m.group(3)) for name, m in by_queue.items()}
+    assert counts["tasks-queue"] == ("3", "1")
+    assert counts["fanout-queue-a"] == ("2", "-")
+    assert counts["fanout-queue-b"] == ("0", "-")
+    assert counts["tasks-high-priority"] == ("2", "-")
+    assert counts["queue-validate"] == ("-", "1")  # '-': no such queue, only its poison
+    assert counts["my-own-queue"] == ("1", "-")
+    groups = [line[:20].strip() for line in lines[1:-1]]
+    assert groups == [
+        "competing consumers",
+        "fan-out",
+        "",
+        "priority",
+        "",
+        "pipes and filters",
+        "other",
+    ]
+    assert f"7 queue(s) starting with '{ns}'" in lines[-1]
+
+
+def _rows(stdout: str, ns: str) -> list[re.Match[str]]:
+    regex = re.compile(rf"\s({re.escape(ns)}\S+)\s+(\S+)\s+(\S+)$")
+    return [m for m in map(regex.search, stdout.splitlines()) if m]
+
+
+def test_status_with_nothing_there_says_so(env, ns):
+    result = run_script(STATUS, "--prefix", ns, env=env)
+    assert result.returncode == 0
+    assert f"no queues starting with '{ns}'" in result.stdout
+
+
+def test_status_watch_redraws_until_ctrl_c_and_exits_0(start, service, ns):
+    name = f"{ns}tasks-queue"
+    make(service, name)
+    watch = start(STATUS, "--watch", "--prefix", ns)
+    watch.wait_for(rf"{name}\s+0\s+-$")
+    make(service, f"{name}-poison", "p")
+    service.get_queue_client(name).send_message("one")
+    watch.wait_for(rf"{name}\s+1\s+1$", timeout=10)
+    watch.send_signal(signal.SIGINT)
+    assert watch.wait(10) == 0
+    assert "Traceback" not in watch.text
+
+
+def test_status_without_a_server_is_one_line_exit_2(env):
+    from patterns.emulator import free_port
+
+    dead = {**env, helper.CONNECTION_STRING_VAR: helper.azurite_connection_string(free_port())}
+    result = run_script(STATUS, env=dead, timeout=30)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "cannot reach the queue service" in result.stderr
+
+
+# --- peek -------------------------------------------------------------------------------
+
+
+def test_peek_shows_messages_and_does_not_change_the_queue(env, service, qname):
+    make(service, qname, json.dumps({"id": "first", "n": 1}), "plain text", "third")
+    before = message_count(service, qname)
+
+    result = run_script(PEEK, qname, "-n", "2", env=env)
+    assert result.returncode == 0, result.stderr
+    assert '{\n  "id": "first",\n  "n": 1\n}' in result.stdout  # pretty-printed JSON
+    assert "plain text" in result.stdout
+    assert "third" not in result.stdout
+    assert result.stdout.count("dequeue count 0") == 2
+    assert "inserted 20" in result.stdout
+    assert f"2 message(s) shown of about 3 in '{qname}'" in result.stdout
+
+    assert message_count(service, qname) == before == 3
+    received = service.get_queue_client(qname).receive_message()
+    assert received.dequeue_count == 1  # the peek was not a delivery
+
+
+def test_peek_of_a_missing_queue_is_one_line_and_creates_nothing(env, service, qname):
+    result = run_script(PEEK, qname, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: queue '{qname}' does not exist"
+    assert qname not in existing(service, qname)
+
+
+def test_peek_unpacks_a_poison_record(env, service, qname):
+    record = {
+        "reason": "not JSON",
+        "source_queue": qname,
+        "dequeue_count": 1,
+        "poisoned_at": "2026-11-25T00:00:00+00:00",
+        "message_id": "m",
+        "body": json.dumps({"id": "inner"}),
+    }
+    make(service, f"{qname}-poison", json.dumps(record))
+    result = run_script(PEEK, f"{qname}-poison", env=env)
+    assert '"body": {\n    "id": "inner"\n  }' in result.stdout
+
+
+# --- cleanup ----------------------------------------------------------------------------
+
+TUTORIAL = [
+    "tasks-queue",
+    "tasks-queue-poison",
+    "fanout-queue-a",
+    "fanout-queue-a-poison",
+    "tasks-low-priority",
+    "queue-rejected",
+    "request-queue-poison",
+    "reply-0123abcd",
+]
+
+
+def test_cleanup_dry_run_lists_and_removes_nothing(env, service, ns):
+    for name in [*TUTORIAL, "my-own-queue"]:
+        make(service, ns + name, "m")
+    result = run_script(CLEANUP, "--prefix", ns, "--dry-run", env=env)
+    assert result.returncode == 0, result.stderr
+    listed = re.findall(r"would delete: (\S+)", result.stdout)
+    assert sorted(listed) == sorted(ns + name for name in TUTORIAL)
+    assert "1 other queue(s) left alone; nothing deleted" in result.stdout
+    assert existing(service, ns) == {ns + name for name in [*TUTORIAL, "my-own-queue"]}
+
+
+def test_cleanup_deletes_only_tutorial_queues(env, service, ns):
+    for name in [*TUTORIAL, "my-own-queue", "fanout-queue"]:
+        make(service, ns + name, "m")
+    result = run_script(CLEANUP, "--prefix", ns, "--yes", env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"deleted {len(TUTORIAL)} queue(s); 2 other queue(s) left alone" in result.stdout
+    assert existing(service, ns) == {ns + "my-own-queue", ns + "fanout-queue"}
+
+
+def test_cleanup_asks_and_no_or_no_answer_deletes_nothing(env, service, ns):
+    make(service, ns + "tasks-queue")
+    for stdin, code in (("n\n", 0), ("", 2)):
+        result = subprocess.run(
+            [sys.executable, "-m", CLEANUP, "--prefix", ns],
+            cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode == code, result
+        assert "Delete these 1 queue(s) and their messages? [y/N]" in result.stdout
+    assert "add --yes" in result.stderr
+    assert existing(service, ns) == {ns + "tasks-queue"}
+
+    result = subprocess.run(
+        [sys.executable, "-m", CLEANUP, "--prefix", ns],
+        cwd=ROOT, env=env, input="y\n", capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0
+    assert existing(service, ns) == set()
+
+
+# --- redrive ----------------------------------------------------------------------------
+
+
+def test_redrive_moves_n_back_with_original_bodies_and_a_consumer_processes_them(
+    start, env, service, qname, monkeypatch
+):
+    tasks = [json.dumps({"id": f"redriven-{n}"}) for n in range(3)]
+    make(service, qname, *tasks)
+    # Poison them the way a consumer does (the helper writes the record) ...
+    monkeypatch.setenv(helper.CONNECTION_STRING_VAR, env[helper.CONNECTION_STRING_VAR])
+    monkeypatch.setattr(helper, "_service", None)
+    inbox = helper.Inbox(qname, helper.logger("test"), visibility_timeout=30)
+    for message in inbox.receive(3):
+        inbox.poison(message, "the bug we have fixed since")
+    # ... plus one that is not a record: it goes back as it is.
+    raw = json.dumps({"id": "redriven-raw"})
+    service.get_queue_client(f"{qname}-poison").send_message(raw)
+    assert message_count(service, qname) == 0
+    assert message_count(service, f"{qname}-poison") == 4
+
+    result = run_script(REDRIVE, qname, "--count", "3", env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"moved 3 message(s) from '{qname}-poison' back to '{qname}'; 1 left" in result.stdout
+    back = peek_bodies(service, qname)
+    assert len(back) == 3
+    assert set(back) <= {*tasks, raw}  # the original bodies, not the poison records
+
+    consumer = start(CONSUMER, "--queue", qname, "--work-seconds", "0")
+    consumer.wait_for(r"done redriven-", count=3)
+    result = run_script(REDRIVE, qname, env=env)  # the rest
+    assert "moved 1 message(s)" in result.stdout
+    consumer.wait_for(r"done redriven-", count=4)
+    assert consumer.stop() == 0
+    done = sorted(m.group(1) for m in consumer.matches(r"done (\S+)"))
+    assert done == ["redriven-0", "redriven-1", "redriven-2", "redriven-raw"]
+    assert message_count(service, qname) == 0
+    assert message_count(service, f"{qname}-poison") == 0
+
+
+def test_redrive_with_no_poison_queue_moves_nothing(env, service, qname):
+    result = run_script(REDRIVE, qname, env=env)
+    assert result.returncode == 0
+    assert f"nothing to redrive: there is no queue '{qname}-poison'" in result.stdout
+    assert existing(service, qname) == set()
+
+
+def test_tools_run_as_files_with_help(env):
+    for tool in ("status", "peek", "cleanup", "redrive"):
+        result = subprocess.run(
+            [sys.executable, f"patterns/tools/{tool}.py", "--help"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "usage:" in result.stdout
+
+
+# --- Entra ID sign-in (client building only: no network, no Azure account) --------------
+
+URL = "https://acct.queue.core.windows.net"
+KEY_STRING = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0;EndpointSuffix=core.windows.net"  # noqa: E501
+
+
+def test_account_url_setting_and_which_wins(tmp_path):
+    url_only = helper.load_settings({helper.ACCOUNT_URL_VAR: URL}, tmp_path / "none")
+    assert url_only == helper.Settings("", "environment", account_url=URL)
+    both = {helper.ACCOUNT_URL_VAR: URL, helper.CONNECTION_STRING_VAR: KEY_STRING}
+    assert helper.load_settings(both, tmp_path / "none").connection_string == KEY_STRING
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f'{helper.CONNECTION_STRING_VAR}="{KEY_STRING}"\n')
+    # the shell wins over .env, whichever variable each one sets
+    assert helper.load_settings({helper.ACCOUNT_URL_VAR: URL}, dotenv).account_url == URL
+    dotenv.write_text(f"{helper.ACCOUNT_URL_VAR}={URL}\n")
+    assert helper.load_settings({}, dotenv) == helper.Settings("", str(dotenv), account_url=URL)
+
+
+@pytest.fixture
+def entra_env(monkeypatch, tmp_path):
+    """The process environment of a learner who set only AZURE_STORAGE_ACCOUNT_URL."""
+    monkeypatch.chdir(tmp_path)  # no .env to find
+    monkeypatch.delenv(helper.CONNECTION_STRING_VAR, raising=False)
+    monkeypatch.setenv(helper.ACCOUNT_URL_VAR, URL)
+    monkeypatch.setattr(helper, "_service", None)
+
+
+def test_entra_client_with_the_real_azure_identity(entra_env):
+    identity = pytest.importorskip("azure.identity", reason="the optional extra `entra`")
+    client = helper.service()
+    assert isinstance(client.credential, identity.DefaultAzureCredential)
+    assert client.account_name == "acct"
+    assert client.url.startswith(URL)
+    assert client.get_queue_client("tasks-queue").url == f"{URL}/tasks-queue"
+
+
+def test_entra_client_uses_default_azure_credential(entra_env, monkeypatch):
+    """Runs without azure-identity installed: a stand-in module shows what the helper asks for."""
+    from azure.core.credentials import AccessToken
+
+    class FakeCredential:
+        def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+            return AccessToken("token", int(time.time()) + 3600)
+
+    fake = type(sys)("azure.identity")
+    fake.DefaultAzureCredential = FakeCredential  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "azure.identity", fake)
+    client = helper.service()
+    assert isinstance(client.credential, FakeCredential)
+    assert client.url.startswith(URL)
+
+
+def test_entra_without_azure_identity_is_a_clear_fatal(entra_env, monkeypatch):
+    monkeypatch.setitem(sys.modules, "azure.identity", None)  # import fails as if not installed
+    with pytest.raises(helper.Fatal, match=r"azure-identity is not installed.*\.\[entra\]") as err:
+        helper.service()
+    assert err.value.exit_code == 2
+
+
+def test_entra_without_azure_identity_one_line_exit_2_from_a_script(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_STORAGE")}
+    env[helper.ACCOUNT_URL_VAR] = URL
+    code = (
+        "import sys, runpy; sys.modules['azure.identity'] = None; "
+        "sys.argv = ['status']; runpy.run_module('patterns.tools.status', run_name='__main__')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {helper.ACCOUNT_URL_VAR} is set (Entra ID sign-in) but azure-identity is not "
+        f"installed: run `pip install -e '.[entra]'`, or set {helper.CONNECTION_STRING_VAR} "
+        "instead"
+    ]
+
+
+def test_entra_url_must_be_https(entra_env, monkeypatch):
+    monkeypatch.setenv(helper.ACCOUNT_URL_VAR, "http://acct.queue.core.windows.net/x")
+    fake = type(sys)("azure.identity")
+    fake.DefaultAzureCredential = object  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "azure.identity", fake)
+    with pytest.raises(helper.Fatal, match="must look like https://"):
+        helper.service()
