@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import tempfile
@@ -18,6 +19,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.queue import QueueClient
 
 from patterns.emulator import Azurite
 from patterns.helper import CONNECTION_STRING_VAR, Fatal, run
@@ -109,9 +113,158 @@ def competing_consumers(env: dict[str, str]) -> Row:
     return Row("competing consumers", len(sent), len(done), seconds, ok, detail)
 
 
+def fanout(env: dict[str, str]) -> Row:
+    """2 subscribers; one published message reaches each of them exactly once."""
+    with stage(env) as s:
+        subscribers = [
+            s.start(
+                "patterns.fanout.consumer",
+                *("--subscriber", name, "--work-seconds", "0.2"),
+                label=f"subscriber-{name}",
+            )
+            for name in ("a", "b")
+        ]
+        for subscriber in subscribers:
+            subscriber.wait_for(r"subscribed: waiting")
+        started = time.perf_counter()
+        producer = s.start("patterns.fanout.producer", label="producer")
+        producer_ok = producer.wait(60) == 0
+        published = [m.group(1) for m in producer.matches(r"published (\S+) to 2 subscriber")]
+        if published:
+            for subscriber in subscribers:
+                subscriber.wait_for(rf"done {published[0]}", timeout=30)
+        seconds = time.perf_counter() - started
+        exits = s.stop_all()[: len(subscribers)]
+    received = [[m.group(1) for m in sub.matches(r"\] took (\S+):")] for sub in subscribers]
+    ok = producer_ok and len(published) == 1 and received == [published] * 2 and exits == [0, 0]
+    detail = "2 subscribers each received the message exactly once" if ok else f"got {received}"
+    return Row("fan-out", len(published), sum(map(len, received)), seconds, ok, detail)
+
+
+def _clock(line: str) -> str:
+    """The `HH:MM:SS.mmm` a log line starts with (same clock for every script here)."""
+    return line.split(" ", 1)[0]
+
+
+def priority(env: dict[str, str]) -> Row:
+    """The seed's 5 normal, 2 urgent, 5 normal sent to a running consumer: once the consumer
+    is busy, both urgent tasks overtake every normal task sent after that moment."""
+    with stage(env) as s:
+        consumer = s.start(
+            "patterns.priority.consumer",
+            *("--work-seconds", "0.3", "--idle-max", "0.1"),
+            label="consumer",
+        )
+        consumer.wait_for(r"waiting for tasks")
+        started = time.perf_counter()
+        producer = s.start("patterns.priority.producer", label="producer")
+        producer_ok = producer.wait(60) == 0
+        sent = [
+            (_clock(m.string), m.group(1), m.group(2))
+            for m in producer.matches(r"sent (task-\S+) to (\w+):")
+        ]
+        consumer.wait_for(r"\] done task-", count=len(sent) or 1, timeout=60)
+        seconds = time.perf_counter() - started
+        exits = s.stop_all()[:1]
+    taken = [(_clock(m.string), m.group(1)) for m in consumer.matches(r"took (task-\S+) from")]
+    order = [task for _, task in taken]
+    urgent = [task for _, task, level in sent if level == "high"]
+    busy_since = taken[0][0] if taken else ""  # the consumer works on its first task from here
+    # Normal tasks that reached the queue while the consumer was already busy (HH:MM:SS.mmm
+    # strings compare in time order); each of them must come after both urgent ones.
+    late = [task for at, task, level in sent if level == "normal" and at > busy_since]
+    ok = (
+        producer_ok
+        and len(sent) == 12
+        and sorted(order) == sorted(task for _, task, _ in sent)
+        and len(urgent) == 2
+        and all(order.index(u) < order.index(n) for u in urgent for n in late if n in order)
+        and exits == [0]
+    )
+    detail = f"both urgent tasks before the {len(late)} normal ones sent once it was busy"
+    return Row("priority queue", len(sent), len(order), seconds, ok, detail)
+
+
+def _queue(env: dict[str, str], name: str) -> QueueClient:
+    return QueueClient.from_connection_string(env[CONNECTION_STRING_VAR], name)
+
+
+def _queue_exists(env: dict[str, str], name: str) -> bool:
+    try:
+        _queue(env, name).get_queue_properties()
+    except ResourceNotFoundError:
+        return False
+    return True
+
+
+def pipes_and_filters(env: dict[str, str]) -> Row:
+    """10 orders and 1 invalid one through validate -> enrich -> finalize: the 10 come out at
+    the end, enriched, each once; the invalid one waits in queue-rejected with its reasons."""
+    count = 10
+    with stage(env) as s:
+        roles = ("validate", "enrich", "finalize")
+        filters = [s.start(f"patterns.pipes_and_filters.{role}", label=role) for role in roles]
+        for proc in filters:
+            proc.wait_for(r"orders (from|on) ")
+        started = time.perf_counter()
+        producer = s.start(
+            "patterns.pipes_and_filters.producer", "--count", str(count), "--invalid",
+            label="producer",
+        )  # fmt: skip
+        producer_ok = producer.wait(60) == 0
+        sent = [m.group(1) for m in producer.matches(r"sent (ORD-\S+) \(amount")]
+        filters[2].wait_for(r"finished ORD-", count=count, timeout=60)
+        seconds = time.perf_counter() - started
+        exits = s.stop_all()[: len(filters)]
+    finished = [m.group(1) for m in filters[2].matches(r"finished (ORD-\S+) after")]
+    rejected = [
+        json.loads(message.content)["order"]["order_id"]
+        for message in _queue(env, "queue-rejected").peek_messages(max_messages=32)
+    ]
+    valid = [order_id for order_id in sent if not order_id.endswith("-bad")]
+    ok = (
+        producer_ok
+        and len(valid) == count
+        and sorted(finished) == sorted(valid)
+        and rejected == [order_id for order_id in sent if order_id.endswith("-bad")]
+        and exits == [0, 0, 0]
+    )
+    detail = f"{len(finished)} of {count} orders finished, {len(rejected)} in queue-rejected"
+    return Row("pipes and filters", len(sent), len(finished) + len(rejected), seconds, ok, detail)
+
+
+def request_reply(env: dict[str, str]) -> Row:
+    """One requestor sends 10 requests at once: each reply is matched to its request by
+    correlation id, and the requestor's reply queue is gone afterwards."""
+    count = 10
+    with stage(env) as s:
+        replier = s.start("patterns.request_reply.replier", label="replier")
+        replier.wait_for(r"waiting for requests")
+        started = time.perf_counter()
+        requestor = s.start(
+            "patterns.request_reply.requestor", "--count", str(count), label="requestor"
+        )
+        requestor_ok = requestor.wait(60) == 0
+        seconds = time.perf_counter() - started
+        exits = s.stop_all()[:1]
+    matched = requestor.matches(r"reply to request (\d+): '([^']*)'")
+    right = all(m.group(2) == f"HELLO WORLD {m.group(1)}" for m in matched)
+    [reply_queue] = [m.group(1) for m in requestor.matches(r"on '(reply-[0-9a-f-]+)'")][:1] or [""]
+    gone = bool(reply_queue) and not _queue_exists(env, reply_queue)
+    ok = requestor_ok and len(matched) == count and right and gone and exits == [0]
+    detail = f"{len(matched)} of {count} replies matched, reply queue " + (
+        "deleted" if gone else "LEFT BEHIND"
+    )
+    return Row("request/reply", count, len(matched), seconds, ok, detail)
+
+
 # Later patterns add their scenario here, in the walkthrough's order.
 SCENARIOS: dict[str, Callable[[dict[str, str]], Row]] = {
     "competing-consumers": competing_consumers,
+    "fan-out": fanout,
+    "priority": priority,
+    "pipes-and-filters": pipes_and_filters,
+    "request-reply": request_reply,
 }
 
 

@@ -1,0 +1,107 @@
+"""Priority queue - the consumer: always takes the most urgent task there is.
+
+Before each task it looks at the highest level first and falls to a lower level only when
+every higher one is empty; after any task it starts again from the top.
+
+    python patterns/priority/consumer.py                       # levels high, normal, low
+    python -m patterns.priority.consumer --levels high,normal  # the seed's two levels
+    python patterns/priority/consumer.py --starvation-guard 3  # normal gets a turn after 3 high
+
+Several consumers can run at once (they compete for the tasks of every level).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections import Counter
+
+from patterns import helper
+
+LEVELS = ("high", "normal", "low")
+
+
+def levels(text: str) -> list[str]:
+    chosen = [level.strip() for level in text.split(",")]
+    if not chosen or any(level not in LEVELS for level in chosen) or len(set(chosen)) < len(chosen):
+        raise helper.Fatal(f"invalid --levels {text!r}: list some of {', '.join(LEVELS)}")
+    return chosen
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--levels",
+        type=levels,
+        default=list(LEVELS),
+        metavar="A,B,...",
+        help="levels to serve, highest first (default high,normal,low)",
+    )
+    parser.add_argument(
+        "--prefix", default="tasks", help="queues are PREFIX-LEVEL-priority (default tasks)"
+    )
+    parser.add_argument(
+        "--starvation-guard",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after N top-level tasks in a row, let the next level go first once (default off)",
+    )
+    parser.add_argument(
+        "--work-seconds", type=float, default=1.0, help="simulated work per task (default 1)"
+    )
+    helper.add_consumer_arguments(parser, batch_size=1)
+    args = parser.parse_args()
+    log = helper.logger("consumer")
+    stop = helper.Shutdown()
+    idle = helper.Backoff(maximum=args.idle_max)
+    done: Counter[str] = Counter()
+    streak = 0  # top-level tasks taken in a row
+
+    with contextlib.ExitStack() as inboxes:  # leaving it releases any task still in hand
+        inbox = {
+            level: inboxes.enter_context(
+                helper.Inbox(
+                    f"{args.prefix}-{level}-priority",
+                    log,
+                    visibility_timeout=args.visibility_timeout,
+                    max_attempts=args.max_attempts,
+                )
+            )
+            for level in args.levels
+        }
+        log.info(f"waiting for tasks; levels in order: {', '.join(args.levels)}")
+        while not stop.requested:
+            order = args.levels
+            if args.starvation_guard and streak >= args.starvation_guard and len(order) > 1:
+                order = [order[1], order[0], *order[2:]]  # the next level gets one turn first
+
+            # The lesson: the highest level first; a lower one only if all above it are empty.
+            for level in order:
+                messages = inbox[level].receive(args.batch_size)
+                if messages:
+                    break
+            else:
+                idle.wait(stop)  # every level is empty: wait a little longer each time
+                continue
+            idle.reset()
+
+            for message in messages:
+                if stop.requested:
+                    break
+                with inbox[level].settle(message):  # delete on success; retry or poison
+                    task = helper.parse_json(message)
+                    log.info(f"took {task.get('id')} from {level}: {task.get('text')}")
+                    stop.sleep(args.work_seconds)  # the work; Ctrl+C interrupts it
+                    done[level] += 1
+                    log.info(f"done {task.get('id')}")
+            streak = streak + len(messages) if level == args.levels[0] else 0
+            # ...and back to the top: the next task is again looked for at the highest level.
+
+    counts = ", ".join(f"{level} {done[level]}" for level in args.levels)
+    log.info(f"stopped: processed {sum(done.values())} task(s) ({counts})")
+    return 0
+
+
+if __name__ == "__main__":
+    helper.run(main)
