@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import subprocess
 import tempfile
 import threading
 import time
@@ -61,7 +62,13 @@ class Stage:
         """Ctrl+C to every script at once, then collect their exit codes (in start order)."""
         for proc in self.procs:
             proc.send_signal()
-        return [proc.stop() for proc in self.procs]
+        codes = []
+        for proc in self.procs:  # not proc.stop(): a second Ctrl+C means "stop at once"
+            try:
+                codes.append(proc.wait(15))
+            except subprocess.TimeoutExpired:
+                codes.append(proc.stop())
+        return codes
 
 
 @contextlib.contextmanager
