@@ -177,3 +177,53 @@ def test_scripts_run_as_files_with_help(env):
         )
         assert result.returncode == 0, result.stderr
         assert "--prefix" in result.stdout
+
+
+@pytest.mark.parametrize("failures", [1, 99])
+def test_failed_sends_are_retried_then_named_with_exit_1(
+    monkeypatch, azurite, service, prefix, failures
+):
+    """In-process, with the send to subscriber b failing `failures` times: a transient failure
+    is retried away; a lasting one is reported by queue name and exits 1, b's copy missing."""
+    import logging
+
+    from azure.core.exceptions import ServiceRequestError
+
+    from patterns import helper
+    from patterns.fanout import producer
+
+    monkeypatch.setenv(helper.CONNECTION_STRING_VAR, azurite.connection_string)
+    monkeypatch.setattr(helper, "_service", None)
+    monkeypatch.setattr(producer.time, "sleep", lambda seconds: None)
+    argv = ["producer", "--prefix", prefix, "--subscribers", "a,b", "--id", "order-1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--retries", "2"])
+    real_send, left = helper.send_json, [failures]
+
+    def flaky_send(queue, body, time_to_live=None):
+        if queue.queue_name == prefix + "b" and left[0] > 0:
+            left[0] -= 1
+            raise ServiceRequestError("connection reset")
+        return real_send(queue, body, time_to_live)
+
+    monkeypatch.setattr(helper, "send_json", flaky_send)
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    log = helper.logger("producer")  # the script's own logger, plus our handler
+    log.addHandler(handler)
+    try:
+        code = producer.main()
+    finally:
+        log.removeHandler(handler)
+
+    a_ids = [json.loads(b)["id"] for b in peek_bodies(service, prefix + "a")]
+    b_ids = [json.loads(b)["id"] for b in peek_bodies(service, prefix + "b")]
+    assert f"retry 1 of 2 for: {prefix}b" in lines
+    if failures == 1:
+        assert code == 0
+        assert (a_ids, b_ids) == (["order-1"], ["order-1"])
+    else:
+        assert code == 1
+        assert (a_ids, b_ids) == (["order-1"], [])
+        assert lines[-1].startswith(f"order-1 did NOT reach 1 of 2 subscriber(s): {prefix}b.")
+        assert "Re-run with --id order-1" in lines[-1]
