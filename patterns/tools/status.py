@@ -91,8 +91,8 @@ def render(table: list[Row], endpoint: str, prefix: str) -> str:
     out = [f"{head[0]:<{w[0]}}  {head[1]:<{w[1]}}  {head[2]:>{w[2]}}  {head[3]:>{w[3]}}"]
     out += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}  {d:>{w[3]}}" for a, b, c, d in lines]
     out.append(
-        f"{stamp}  {len(table)} queue(s){scope} at {endpoint}; "
-        f"poison = messages in <queue>{POISON_SUFFIX}; '-' = no such queue"
+        f"{stamp}  {len(table)} queue(s){scope} at {endpoint}  "
+        f"(poison: in <queue>{POISON_SUFFIX}; -: no queue)"
     )
     return "\n".join(out) + "\n"
 
