@@ -148,47 +148,48 @@ def fanout(env: dict[str, str]) -> Row:
     return Row("fan-out", len(published), sum(map(len, received)), seconds, ok, detail)
 
 
+SENT = r"sent (task-\S+) to (\w+):"  # a priority producer's line
+
+
 def _clock(line: str) -> str:
     """The `HH:MM:SS.mmm` a log line starts with (same clock for every script here)."""
     return line.split(" ", 1)[0]
 
 
 def priority(env: dict[str, str]) -> Row:
-    """The seed's 5 normal, 2 urgent, 5 normal sent to a running consumer: once the consumer
-    is busy, both urgent tasks overtake every normal task sent after that moment."""
+    """The seed's 5 normal, 2 urgent, 5 normal sent to a running consumer. All 12 are queued
+    while the consumer is still busy with its first task (checked), so whatever that first
+    task was, both urgent tasks must come next, before every normal task still waiting."""
     with stage(env) as s:
         consumer = s.start(
             "patterns.priority.consumer",
-            *("--work-seconds", "0.3", "--idle-max", "0.1"),
+            *("--work-seconds", "0.5", "--idle-max", "0.1"),
             label="consumer",
         )
         consumer.wait_for(r"waiting for tasks")
         started = time.perf_counter()
         producer = s.start("patterns.priority.producer", label="producer")
         producer_ok = producer.wait(60) == 0
-        sent = [
-            (_clock(m.string), m.group(1), m.group(2))
-            for m in producer.matches(r"sent (task-\S+) to (\w+):")
-        ]
+        sent = [(_clock(m.string), m.group(1), m.group(2)) for m in producer.matches(SENT)]
         consumer.wait_for(r"\] done task-", count=len(sent) or 1, timeout=60)
         seconds = time.perf_counter() - started
         exits = s.stop_all()[:1]
-    taken = [(_clock(m.string), m.group(1)) for m in consumer.matches(r"took (task-\S+) from")]
-    order = [task for _, task in taken]
+    order = [m.group(1) for m in consumer.matches(r"took (task-\S+) from")]
+    first_done = [_clock(m.string) for m in consumer.matches(r"\] done task-")][:1]
+    # Log times of one machine's clock; HH:MM:SS.mmm strings compare in time order.
+    all_sent_while_busy = bool(sent and first_done) and sent[-1][0] < first_done[0]
     urgent = [task for _, task, level in sent if level == "high"]
-    busy_since = taken[0][0] if taken else ""  # the consumer works on its first task from here
-    # Normal tasks that reached the queue while the consumer was already busy (HH:MM:SS.mmm
-    # strings compare in time order); each of them must come after both urgent ones.
-    late = [task for at, task, level in sent if level == "normal" and at > busy_since]
+    waiting = [task for task in order[1:] if task not in urgent]  # normal, not yet started
     ok = (
         producer_ok
         and len(sent) == 12
         and sorted(order) == sorted(task for _, task, _ in sent)
         and len(urgent) == 2
-        and all(order.index(u) < order.index(n) for u in urgent for n in late if n in order)
+        and all_sent_while_busy
+        and all(order.index(u) < order.index(n) for u in urgent for n in waiting)
         and exits == [0]
     )
-    detail = f"both urgent tasks before the {len(late)} normal ones sent once it was busy"
+    detail = f"both urgent tasks before all {len(waiting)} normal tasks still queued"
     return Row("priority queue", len(sent), len(order), seconds, ok, detail)
 
 
