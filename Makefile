@@ -15,8 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $@
 
-node_modules/.installed: package.json package-lock.json $(VENV)/.installed
-	$(PY) -m patterns.emulator --install
+node_modules/.installed: package.json package-lock.json | $(VENV)/.installed
+	$(PY) -m patterns.emulator --install  # only when package*.json change (npm ci wipes node_modules)
 	@touch $@
 
 test: setup
