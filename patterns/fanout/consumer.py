@@ -21,7 +21,9 @@ from patterns import helper
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--subscriber", required=True, help="this subscriber's name, e.g. a")
+    parser.add_argument(
+        "--subscriber", required=True, metavar="NAME", help="this subscriber's name, e.g. a"
+    )
     parser.add_argument(
         "--prefix", default="fanout-queue-", help="queue name prefix (default fanout-queue-)"
     )
@@ -29,10 +31,18 @@ def main() -> int:
         "--unsubscribe", action="store_true", help="delete this subscriber's queue on exit"
     )
     parser.add_argument(
-        "--work-seconds", type=float, default=1.0, help="simulated work per message (default 1)"
+        "--work-seconds",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="simulated work per message (default 1)",
     )
     parser.add_argument(
-        "--remember", type=int, default=1000, help="processed ids kept for de-duplication (1000)"
+        "--remember",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="processed ids kept for de-duplication (1000)",
     )
     helper.add_consumer_arguments(parser, batch_size=1)
     args = parser.parse_args()

@@ -27,6 +27,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--message",
+        metavar="TEXT",
         default="Order Confirmed: #12345",
         help="text to publish (default 'Order Confirmed: #12345')",
     )
@@ -44,7 +45,11 @@ def main() -> int:
         help="send to these subscribers (creating their queues) instead of discovering them",
     )
     parser.add_argument(
-        "--retries", type=int, default=3, help="extra rounds for queues whose send failed (3)"
+        "--retries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="extra rounds for queues whose send failed (3)",
     )
     args = parser.parse_args()
     log = helper.logger("producer")
@@ -75,7 +80,7 @@ def main() -> int:
     message = {"id": args.id or f"msg-{uuid.uuid4().hex[:8]}", "text": args.message}
     log.info(f"publishing {message['id']}: {args.message}")
     pending = queues
-    for attempt in range(1 + args.retries):
+    for attempt in range(1 + max(args.retries, 0)):
         if attempt:
             log.info(f"retry {attempt} of {args.retries} for: {', '.join(pending)}")
             time.sleep(attempt)  # give a struggling service a moment

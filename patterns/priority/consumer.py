@@ -48,7 +48,11 @@ def main() -> int:
         help="after N top-level tasks in a row, let the next level go first once (default off)",
     )
     parser.add_argument(
-        "--work-seconds", type=float, default=1.0, help="simulated work per task (default 1)"
+        "--work-seconds",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="simulated work per task (default 1)",
     )
     helper.add_consumer_arguments(parser, batch_size=1)
     args = parser.parse_args()

@@ -23,8 +23,12 @@ LEVELS = ("high", "normal", "low")
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--priority", choices=LEVELS, help="send --count tasks at this level")
-    parser.add_argument("--message", default="Task", help="the task's text (with --priority)")
-    parser.add_argument("--count", type=int, default=1, help="tasks to send (with --priority)")
+    parser.add_argument(
+        "--message", default="Task", metavar="TEXT", help="the task's text (with --priority)"
+    )
+    parser.add_argument(
+        "--count", type=int, default=1, metavar="N", help="tasks to send (with --priority)"
+    )
     parser.add_argument(
         "--prefix", default="tasks", help="queues are PREFIX-LEVEL-priority (default tasks)"
     )
