@@ -14,6 +14,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ XML_ENVELOPE_BYTES = 100  # <QueueMessage><MessageText>...</MessageText></QueueM
 MAX_BATCH = 32  # the service returns at most 32 messages per receive
 QUEUE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
 POISON_SUFFIX = "-poison"
+QUEUE_BEING_DELETED_WAITS = 12  # x 5 s: a deleted queue's name is reusable after 30 s or more
 
 # Transport problems: the service did not answer (down, unreachable, connection dropped).
 UNREACHABLE = (ServiceRequestError, ServiceResponseError)
@@ -216,13 +218,21 @@ def open_queue(name: str, log: logging.Logger | None = None) -> QueueClient:
     """A client for queue `name`, creating the queue if it does not exist yet (idempotent),
     so scripts can be started in any order."""
     queue = service(log).get_queue_client(queue_name(name))
-    try:
-        queue.create_queue()
-        if log is not None:
-            log.info(f"created queue '{name}'")
-    except ResourceExistsError:
-        pass  # already there: exactly what we wanted
-    return queue
+    for _ in range(QUEUE_BEING_DELETED_WAITS):
+        try:
+            queue.create_queue()
+            if log is not None:
+                log.info(f"created queue '{name}'")
+        except ResourceExistsError as error:
+            if error.error_code != "QueueBeingDeleted":
+                return queue  # already there: exactly what we wanted
+            # Azure keeps a deleted queue's name for 30 s or more before it can be reused.
+            if log is not None:
+                log.info(f"queue '{name}' is still being deleted by the service; waiting")
+            time.sleep(5)
+            continue
+        return queue
+    raise Fatal(f"queue '{name}' is still being deleted; try again in a minute")
 
 
 def unreachable_message() -> str:
