@@ -16,7 +16,7 @@ from azure.storage.queue import QueueClient, QueueServiceClient
 
 from patterns.emulator import ROOT, Azurite
 from patterns.helper import CONNECTION_STRING_VAR
-from patterns.tools.runner import Proc
+from patterns.tools.runner import Proc, stop_all
 
 
 @pytest.fixture(scope="session")
@@ -57,10 +57,7 @@ def start(env: dict[str, str]) -> Iterator[Callable[..., Proc]]:
         return proc
 
     yield _start
-    for proc in procs:
-        proc.send_signal()
-    for proc in procs:
-        proc.stop(timeout=10)
+    stop_all(procs)
 
 
 def run_script(

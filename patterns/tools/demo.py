@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import re
-import subprocess
 import tempfile
 import threading
 import time
@@ -26,7 +25,7 @@ from azure.storage.queue import QueueClient
 
 from patterns.emulator import Azurite
 from patterns.helper import CONNECTION_STRING_VAR, Fatal, run
-from patterns.tools.runner import Proc
+from patterns.tools.runner import Proc, stop_all
 
 _print_lock = threading.Lock()
 
@@ -60,15 +59,7 @@ class Stage:
 
     def stop_all(self) -> list[int]:
         """Ctrl+C to every script at once, then collect their exit codes (in start order)."""
-        for proc in self.procs:
-            proc.send_signal()
-        codes = []
-        for proc in self.procs:  # not proc.stop(): a second Ctrl+C means "stop at once"
-            try:
-                codes.append(proc.wait(15))
-            except subprocess.TimeoutExpired:
-                codes.append(proc.stop())
-        return codes
+        return stop_all(self.procs)
 
 
 @contextlib.contextmanager

@@ -43,6 +43,7 @@ class Proc:
             preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )
         self.pid = self.popen.pid
+        self._asked = False  # has it been sent a stop signal?
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -92,10 +93,13 @@ class Proc:
     def send_signal(self, signum: int = signal.SIGINT) -> None:
         if self.popen.poll() is None:
             os.kill(self.pid, signum)
+            self._asked = True
 
     def stop(self, signum: int = signal.SIGINT, timeout: float = 15.0) -> int:
-        """Ask the process to stop (Ctrl+C by default); kill it if it does not."""
-        self.send_signal(signum)
+        """Ask the process to stop (Ctrl+C by default) unless it was already asked - a second
+        Ctrl+C means "stop at once" - and kill it if it does not stop in time."""
+        if not self._asked:
+            self.send_signal(signum)
         try:
             return self.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -106,3 +110,10 @@ class Proc:
         if self.popen.poll() is None:
             self.popen.kill()
             self.popen.wait()
+
+
+def stop_all(procs: list[Proc]) -> list[int]:
+    """Ctrl+C to every process at once (so they stop in parallel), then their exit codes."""
+    for proc in procs:
+        proc.send_signal()
+    return [proc.stop() for proc in procs]
