@@ -300,19 +300,53 @@ class Inbox:
         *,
         visibility_timeout: int = 30,
         max_attempts: int = 5,
+        batch_size: int = 1,
+        idle_max: float = 1.0,
     ) -> None:
         queue_name(name + POISON_SUFFIX)  # the poison queue's name must be valid too
         self.name = name
         self.log = log
         self.visibility_timeout = visibility_timeout
         self.max_attempts = max_attempts
+        self.batch_size = batch_size
+        self.idle = Backoff(maximum=idle_max)
         self.queue = open_queue(name, log)
         self._poison: QueueClient | None = None
         self._held: dict[str, QueueMessage] = {}
         self._outage = False
 
+    @classmethod
+    def from_args(cls, name: str, log: logging.Logger, args: Any) -> Inbox:
+        """An Inbox with the options that add_consumer_arguments() put on the command line."""
+        return cls(
+            name,
+            log,
+            visibility_timeout=args.visibility_timeout,
+            max_attempts=args.max_attempts,
+            batch_size=args.batch_size,
+            idle_max=args.idle_max,
+        )
+
     def __enter__(self) -> Inbox:
         return self
+
+    def batch(self, stop: Shutdown) -> Iterator[QueueMessage]:
+        """The messages of one receive call (up to batch_size), one by one.
+
+        Never a hot loop, never a needless wait: after an empty receive it backs off (0.1 s,
+        doubling up to idle_max) before returning, so the caller's next call comes later;
+        after a non-empty one the next call polls again at once. It stops handing out
+        messages when Ctrl+C is pressed; the rest of the batch is released on leaving the
+        Inbox."""
+        messages = self.receive(self.batch_size)
+        if not messages:
+            self.idle.wait(stop)
+            return
+        self.idle.reset()
+        for message in messages:
+            if stop.requested:
+                return
+            yield message
 
     def __exit__(self, *exc: object) -> None:
         for message in list(self._held.values()):

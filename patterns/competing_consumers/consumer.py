@@ -32,22 +32,12 @@ def main() -> int:
     args = parser.parse_args()
     log = helper.logger("consumer")
     stop = helper.Shutdown()
-    idle = helper.Backoff(maximum=args.idle_max)
     processed = 0
 
-    with helper.Inbox(
-        args.queue, log, visibility_timeout=args.visibility_timeout, max_attempts=args.max_attempts
-    ) as inbox:
+    with helper.Inbox.from_args(args.queue, log, args) as inbox:
         log.info(f"waiting for tasks on '{args.queue}'")
         while not stop.requested:
-            messages = inbox.receive(args.batch_size)
-            if not messages:
-                idle.wait(stop)  # empty queue: wait a little longer each time (0.1 s .. 1 s)
-                continue
-            idle.reset()  # work was waiting: poll again as soon as this batch is done
-            for message in messages:
-                if stop.requested:
-                    break  # Ctrl+C: leaving the Inbox releases the rest of the batch
+            for message in inbox.batch(stop):  # one receive call; backs off when empty
                 with inbox.settle(message):  # delete on success; retry or poison on failure
                     task = helper.parse_json(message)
                     log.info(f"took {task.get('id')} (attempt {message.dequeue_count})")

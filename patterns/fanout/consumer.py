@@ -51,23 +51,15 @@ def main() -> int:
         raise helper.Fatal(f"invalid subscriber name {args.subscriber!r}: '-poison' is reserved")
     log = helper.logger(f"subscriber-{args.subscriber}")
     stop = helper.Shutdown()
-    idle = helper.Backoff(maximum=args.idle_max)
     seen: dict[str, None] = {}  # ids already processed, oldest first (bounded: --remember)
     processed = skipped = 0
 
-    with helper.Inbox(
-        queue, log, visibility_timeout=args.visibility_timeout, max_attempts=args.max_attempts
+    with helper.Inbox.from_args(
+        queue, log, args
     ) as inbox:  # creating the queue is what subscribes us
         log.info(f"subscribed: waiting for messages on '{queue}'")
         while not stop.requested:
-            messages = inbox.receive(args.batch_size)
-            if not messages:
-                idle.wait(stop)
-                continue
-            idle.reset()
-            for message in messages:
-                if stop.requested:
-                    break
+            for message in inbox.batch(stop):  # one receive call; backs off when empty
                 with inbox.settle(message):  # delete on success; retry or poison on failure
                     body = helper.parse_json(message)
                     if "id" not in body:

@@ -31,23 +31,13 @@ def main() -> int:
     args = parser.parse_args()
     log = helper.logger("enrich")
     stop = helper.Shutdown()
-    idle = helper.Backoff(maximum=args.idle_max)
     output = helper.open_queue(args.output, log)
     enriched = 0
 
-    with helper.Inbox(
-        args.input, log, visibility_timeout=args.visibility_timeout, max_attempts=args.max_attempts
-    ) as inbox:
+    with helper.Inbox.from_args(args.input, log, args) as inbox:
         log.info(f"enriching orders from '{args.input}'")
         while not stop.requested:
-            messages = inbox.receive(args.batch_size)
-            if not messages:
-                idle.wait(stop)
-                continue
-            idle.reset()
-            for message in messages:
-                if stop.requested:
-                    break
+            for message in inbox.batch(stop):  # one receive call; backs off when empty
                 with inbox.settle(message):  # forward inside the block, delete after it
                     order = helper.parse_json(message)
                     stop.sleep(args.work_seconds)

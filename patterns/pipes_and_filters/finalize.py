@@ -35,22 +35,12 @@ def main() -> int:
     args = parser.parse_args()
     log = helper.logger("finalize")
     stop = helper.Shutdown()
-    idle = helper.Backoff(maximum=args.idle_max)
     finished: set[str] = set()  # order ids seen by this process: at-least-once means repeats
 
-    with helper.Inbox(
-        args.input, log, visibility_timeout=args.visibility_timeout, max_attempts=args.max_attempts
-    ) as inbox:
+    with helper.Inbox.from_args(args.input, log, args) as inbox:
         log.info(f"waiting for processed orders on '{args.input}'")
         while not stop.requested:
-            messages = inbox.receive(args.batch_size)
-            if not messages:
-                idle.wait(stop)
-                continue
-            idle.reset()
-            for message in messages:
-                if stop.requested:
-                    break
+            for message in inbox.batch(stop):  # one receive call; backs off when empty
                 with inbox.settle(message):
                     order = helper.parse_json(message)
                     order_id = str(order.get("order_id"))

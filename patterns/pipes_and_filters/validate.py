@@ -53,24 +53,14 @@ def main() -> int:
     args = parser.parse_args()
     log = helper.logger("validate")
     stop = helper.Shutdown()
-    idle = helper.Backoff(maximum=args.idle_max)
     output = helper.open_queue(args.output, log)
     rejected = helper.open_queue(args.rejected, log)
     passed = failed = 0
 
-    with helper.Inbox(
-        args.input, log, visibility_timeout=args.visibility_timeout, max_attempts=args.max_attempts
-    ) as inbox:
+    with helper.Inbox.from_args(args.input, log, args) as inbox:
         log.info(f"validating orders from '{args.input}'")
         while not stop.requested:
-            messages = inbox.receive(args.batch_size)
-            if not messages:
-                idle.wait(stop)
-                continue
-            idle.reset()
-            for message in messages:
-                if stop.requested:
-                    break
+            for message in inbox.batch(stop):  # one receive call; backs off when empty
                 # Forward, then delete: settle() deletes the input message only after this
                 # block succeeded. If the forward fails, the order stays in the input queue.
                 with inbox.settle(message):

@@ -65,12 +65,7 @@ def main() -> int:
     with contextlib.ExitStack() as inboxes:  # leaving it releases any task still in hand
         inbox = {
             level: inboxes.enter_context(
-                helper.Inbox(
-                    f"{args.prefix}-{level}-priority",
-                    log,
-                    visibility_timeout=args.visibility_timeout,
-                    max_attempts=args.max_attempts,
-                )
+                helper.Inbox.from_args(f"{args.prefix}-{level}-priority", log, args)
             )
             for level in args.levels
         }
@@ -82,7 +77,7 @@ def main() -> int:
 
             # The lesson: the highest level first; a lower one only if all above it are empty.
             for level in order:
-                messages = inbox[level].receive(args.batch_size)
+                messages = inbox[level].receive(args.batch_size)  # one call, never a hot loop
                 if messages:
                     break
             else:

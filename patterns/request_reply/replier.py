@@ -54,22 +54,12 @@ def main() -> int:
     args = parser.parse_args()
     log = helper.logger("replier")
     stop = helper.Shutdown()
-    idle = helper.Backoff(maximum=args.idle_max)
     answered = 0
 
-    with helper.Inbox(
-        args.queue, log, visibility_timeout=args.visibility_timeout, max_attempts=args.max_attempts
-    ) as inbox:
+    with helper.Inbox.from_args(args.queue, log, args) as inbox:
         log.info(f"waiting for requests on '{args.queue}'")
         while not stop.requested:
-            messages = inbox.receive(args.batch_size)
-            if not messages:
-                idle.wait(stop)
-                continue
-            idle.reset()
-            for message in messages:
-                if stop.requested:
-                    break
+            for message in inbox.batch(stop):  # one receive call; backs off when empty
                 with inbox.settle(message):  # the request is deleted once it is answered
                     request = helper.parse_json(message)
                     reply_to = reply_address(request)
