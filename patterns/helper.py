@@ -311,6 +311,7 @@ class Inbox:
         self.batch_size = batch_size
         self.idle = Backoff(maximum=idle_max)
         self.queue = open_queue(name, log)
+        self._keeper = _VisibilityKeeper(self.queue, visibility_timeout, log)
         self._poison: QueueClient | None = None
         self._held: dict[str, QueueMessage] = {}
         self._outage = False
@@ -395,22 +396,22 @@ class Inbox:
           the poison queue once it has been delivered `max_attempts` times;
         - Ctrl+C (Interrupted): release it so another consumer can take it at once.
 
-        While the block runs, the message's lease is renewed so that long work is not
-        handed to a second consumer.
+        While the block runs, the message's visibility timeout is extended again and again,
+        so that long work is not handed to a second consumer.
         """
-        renewal = _LeaseRenewal(self.queue, message, self.visibility_timeout, self.log)
+        self._keeper.keep(message)
         try:
-            yield
+            try:
+                yield
+            finally:
+                self._keeper.drop(message)  # from here on, message.pop_receipt is final
         except Interrupted:
-            renewal.stop()
             self.release(message)
             return
         except BadMessage as error:
-            renewal.stop()
             self.poison(message, str(error))
             return
         except Exception as error:
-            renewal.stop()
             reason = f"{type(error).__name__}: {error}"
             if message.dequeue_count >= self.max_attempts:
                 self.poison(message, f"failed {message.dequeue_count} times; last: {reason}")
@@ -422,10 +423,8 @@ class Inbox:
                 )
             return
         except BaseException:  # a second Ctrl+C: give the message back, then stop
-            renewal.stop()
             self.release(message)
             raise
-        renewal.stop()
         self.delete(message)
 
     def delete(self, message: QueueMessage) -> None:
@@ -434,8 +433,8 @@ class Inbox:
             self.queue.delete_message(message.id, message.pop_receipt)
         except ResourceNotFoundError:
             self.log.warning(
-                f"message {message.id} was no longer ours to delete (its lease expired); "
-                "another consumer may process it again"
+                f"message {message.id} was no longer ours to delete (its visibility timeout "
+                "ran out); another consumer may process it again"
             )
         except UNREACHABLE:
             self.log.warning(
@@ -450,7 +449,7 @@ class Inbox:
             self.queue.update_message(message.id, message.pop_receipt, visibility_timeout=0)
             self.log.info(f"released message {message.id} back to '{self.name}'")
         except (ResourceNotFoundError, *UNREACHABLE):
-            pass  # lease already gone: it reappears on its own
+            pass  # its visibility timeout already ran out: it reappears on its own
 
     def poison(self, message: QueueMessage, reason: str) -> None:
         """Move a message to `<queue>-poison` with the reason, then delete the original.
@@ -478,35 +477,49 @@ class Inbox:
         self.log.warning(f"moved message {message.id} to '{self.name}{POISON_SUFFIX}': {reason}")
 
 
-class _LeaseRenewal:
-    """Keeps a message invisible while work on it runs longer than its visibility timeout."""
+class _VisibilityKeeper:
+    """Keeps the messages in hand invisible while work on them outlasts the visibility timeout:
+    one background thread per Inbox extends each message's timeout every half timeout (a
+    thread per message would cost more than a small task's whole work)."""
 
-    def __init__(
-        self, queue: QueueClient, message: QueueMessage, timeout: int, log: logging.Logger
-    ) -> None:
-        self.queue, self.message, self.timeout, self.log = queue, message, timeout, log
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._renew, daemon=True)
-        self._thread.start()
+    def __init__(self, queue: QueueClient, timeout: int, log: logging.Logger) -> None:
+        self.queue, self.timeout, self.log = queue, timeout, log
+        self.interval = max(timeout / 2, 0.5)
+        self._due: dict[str, tuple[QueueMessage, float]] = {}  # id -> (message, next renewal)
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
 
-    def _renew(self) -> None:
-        while not self._done.wait(max(self.timeout / 2, 0.5)):
-            with self._lock:
-                if self._done.is_set():
-                    return
-                try:
-                    receipt = self.queue.update_message(
-                        self.message.id, self.message.pop_receipt, visibility_timeout=self.timeout
-                    )
-                    self.message.pop_receipt = receipt.pop_receipt  # the old receipt is void
-                except (HttpResponseError, *UNREACHABLE) as error:
-                    self.log.warning(f"could not renew the lease of {self.message.id}: {error}")
+    def keep(self, message: QueueMessage) -> None:
+        with self._changed:
+            self._due[message.id] = (message, time.monotonic() + self.interval)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True)
+                self._thread.start()
+            self._changed.notify()
 
-    def stop(self) -> None:
-        with self._lock:  # never stop halfway through a renewal: its receipt is the live one
-            self._done.set()
-        self._thread.join()
+    def drop(self, message: QueueMessage) -> None:
+        with self._changed:  # waits for a renewal in progress: its pop receipt is the live one
+            self._due.pop(message.id, None)
+
+    def _run(self) -> None:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                for message, due in list(self._due.values()):
+                    if due <= now:
+                        self._extend(message)
+                        self._due[message.id] = (message, now + self.interval)
+                wake = min((due for _, due in self._due.values()), default=now + 60)
+                self._changed.wait(max(wake - time.monotonic(), 0.01))
+
+    def _extend(self, message: QueueMessage) -> None:
+        try:
+            receipt = self.queue.update_message(
+                message.id, message.pop_receipt, visibility_timeout=self.timeout
+            )
+            message.pop_receipt = receipt.pop_receipt  # the old receipt is void now
+        except (HttpResponseError, *UNREACHABLE) as error:
+            self.log.warning(f"could not extend the visibility timeout of {message.id}: {error}")
 
 
 # --- polling and shutdown -----------------------------------------------------------------
