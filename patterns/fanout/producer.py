@@ -5,7 +5,7 @@ The subscribers are found by name: every queue starting with --prefix (fanout-qu
 
     python patterns/fanout/producer.py                      # to every fanout-queue-* queue
     python patterns/fanout/producer.py --message "Order Confirmed: #12346"
-    python -m patterns.fanout.producer --subscribers a,b    # the seed's fixed list instead
+    python -m patterns.fanout.producer --subscribers a,b    # the hands-on's fixed list instead
     python patterns/fanout/producer.py --id order-12345     # re-send: subscribers skip it
 
 Exit 1 if no subscriber exists, or if some subscriber queues did not get the message even
@@ -55,7 +55,7 @@ def main() -> int:
     log = helper.logger("producer")
     service = helper.service(log)
 
-    # 1. Who subscribes? Either the fixed list (the seed's way: the producer must know every
+    # 1. Who subscribes? Either the fixed list (the hands-on's way: the producer must know every
     #    consumer), or every queue whose name starts with the prefix (a new subscriber only has
     #    to create its queue). A subscriber's poison queue is not a subscriber.
     if args.subscribers:

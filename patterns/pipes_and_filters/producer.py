@@ -1,6 +1,6 @@
 """Pipes and filters - the producer: puts orders into the first pipe of the pipeline.
 
-    python patterns/pipes_and_filters/producer.py                  # the seed's order
+    python patterns/pipes_and_filters/producer.py                  # the original hands-on's order
     python -m patterns.pipes_and_filters.producer --count 20 --invalid
 
 The pipeline: queue-validate -> validate.py -> queue-enrich -> enrich.py -> queue-finalize ->

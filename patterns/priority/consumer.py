@@ -4,7 +4,7 @@ Before each task it looks at the highest level first and falls to a lower level 
 every higher one is empty; after any task it starts again from the top.
 
     python patterns/priority/consumer.py                       # levels high, normal, low
-    python -m patterns.priority.consumer --levels high,normal  # the seed's two levels
+    python -m patterns.priority.consumer --levels high,normal  # the original hands-on's two levels
     python patterns/priority/consumer.py --starvation-guard 3  # normal gets a turn after 3 high
 
 Several consumers can run at once (they compete for the tasks of every level).

@@ -3,7 +3,7 @@
 Queue Storage has no message priorities, so there is one queue per level:
 tasks-high-priority, tasks-normal-priority and tasks-low-priority.
 
-    python patterns/priority/producer.py          # the seed: 5 normal, 2 urgent, 5 normal
+    python patterns/priority/producer.py          # as in the hands-on: 5 normal, 2 urgent, 5 normal
     python patterns/priority/producer.py --priority high --message "URGENT: disk full"
     python -m patterns.priority.producer --priority low --message "Rebuild index" --count 3
 
@@ -37,7 +37,7 @@ def main() -> int:
 
     if args.priority:
         tasks = [(args.priority, args.message)] * args.count
-    else:  # the seed's scenario: normal work first, then two urgent tasks, then more normal
+    else:  # the hands-on's scenario: normal work first, then two urgent tasks, then more normal
         tasks = [("normal", f"Normal task {n}") for n in range(1, 6)]
         tasks += [("high", "URGENT: System alert!"), ("high", "URGENT: High value customer order!")]
         tasks += [("normal", f"Normal task {n}") for n in range(6, 11)]

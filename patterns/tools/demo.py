@@ -148,7 +148,7 @@ def _clock(line: str) -> str:
 
 
 def priority(env: dict[str, str]) -> Row:
-    """The seed's 5 normal, 2 urgent, 5 normal sent to a running consumer. All 12 are queued
+    """The hands-on's 5 normal, 2 urgent, 5 normal sent to a running consumer. All 12 are queued
     while the consumer is still busy with its first task (checked), so whatever that first
     task was, both urgent tasks must come next, before every normal task still waiting."""
     with stage(env) as s:
