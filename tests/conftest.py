@@ -88,3 +88,14 @@ def requests_logged(azurite: Azurite, queue_name: str) -> int:
     assert azurite.log_path is not None
     text = Path(azurite.log_path).read_text(errors="replace")
     return text.count(f"/{queue_name}/messages")
+
+
+def assert_refused(
+    result: subprocess.CompletedProcess[str], shown: str, exit_code: int = 2
+) -> None:
+    """An expected failure as a learner sees it: the exit code, one line that names the
+    problem, and no traceback."""
+    assert result.returncode == exit_code, result
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+    assert shown in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr

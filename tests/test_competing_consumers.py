@@ -9,7 +9,7 @@ import time
 from collections import Counter
 
 from azure.storage.queue import QueueClient
-from conftest import message_count, peek_bodies, requests_logged, run_script
+from conftest import assert_refused, message_count, peek_bodies, requests_logged, run_script
 
 from patterns.emulator import Azurite
 from patterns.tools.runner import Proc
@@ -156,17 +156,14 @@ def test_idle_consumer_makes_about_one_request_per_second(start, azurite, qname)
 
 
 def test_bad_queue_name_and_bad_connection_string_are_one_line_exit_2(env):
-    result = run_script(CONSUMER, "--queue", "Bad_Name", env=env)
-    assert result.returncode == 2
-    assert "invalid queue name 'Bad_Name'" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert_refused(
+        run_script(CONSUMER, "--queue", "Bad_Name", env=env), "invalid queue name 'Bad_Name'"
+    )
 
     broken = {**env, "AZURE_STORAGE_CONNECTION_STRING": "AccountKey=c2VjcmV0;nonsense"}
     result = run_script(PRODUCER, env=broken)
-    assert result.returncode == 2
-    assert "not a valid connection string" in result.stderr
+    assert_refused(result, "not a valid connection string")
     assert "c2VjcmV0" not in result.stderr  # the key is redacted
-    assert "Traceback" not in result.stderr
 
 
 def test_scripts_run_as_files_with_help(env):
