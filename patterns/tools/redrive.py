@@ -17,7 +17,7 @@ import json
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
-from azure.storage.queue import QueueClient, QueueMessage
+from azure.storage.queue import QueueMessage
 
 from patterns import helper
 
@@ -57,15 +57,6 @@ def positive(text: str) -> int:
     return n
 
 
-def release(poison: QueueClient, messages: list[QueueMessage]) -> None:
-    """Hand back messages received but not moved, so they are visible again at once."""
-    for message in messages:
-        try:
-            poison.update_message(message.id, message.pop_receipt, visibility_timeout=0)
-        except (ResourceNotFoundError, *helper.UNREACHABLE):
-            pass  # they reappear on their own after the visibility timeout
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -94,32 +85,26 @@ def main() -> int:
     stop = helper.Shutdown()
     moved = 0
 
-    while moved < limit and not stop.requested:
-        want = min(helper.MAX_BATCH, limit - moved)
-        pages = poison.receive_messages(
-            messages_per_page=want, max_messages=want, visibility_timeout=60
-        ).by_page()
-        batch = list(next(pages, []))
-        if not batch:
-            break  # the rest is held by someone else, or gone
-        for n, message in enumerate(batch):
-            if stop.requested:
-                release(poison, batch[n:])
-                break
-            body, record = unwrap(message.content or "")
-            if record is not None and record["source_queue"] != args.queue:
-                log.warning(
-                    f"message {message.id} came from '{record['source_queue']}', "
-                    f"not '{args.queue}'; moving it to '{args.queue}' as asked"
-                )
-            target.send_message(body)  # first the copy ...
-            try:
-                poison.delete_message(message.id, message.pop_receipt)  # ... then the original
-            except ResourceNotFoundError:
-                log.warning(f"message {message.id} stayed in '{poison_name}' (lease lost)")
-            moved += 1
-            why = f" (it had failed: {record['reason']})" if record is not None else ""
-            log.info(f"moved {label(body, message)} back to '{args.queue}'{why}")
+    # Leaving the Inbox hands back, at once, anything received but not moved (Ctrl+C).
+    with helper.Inbox(poison_name, log, visibility_timeout=60) as poisoned:
+        while moved < limit and not stop.requested:
+            batch = poisoned.receive(min(helper.MAX_BATCH, limit - moved))
+            if not batch:
+                break  # the rest is held by someone else, or gone
+            for message in batch:
+                if stop.requested:
+                    break
+                body, record = unwrap(message.content or "")
+                if record is not None and record["source_queue"] != args.queue:
+                    log.warning(
+                        f"message {message.id} came from '{record['source_queue']}', "
+                        f"not '{args.queue}'; moving it to '{args.queue}' as asked"
+                    )
+                target.send_message(body)  # first the copy ...
+                poisoned.delete(message)  # ... then the original: an interruption loses nothing
+                moved += 1
+                why = f" (it had failed: {record['reason']})" if record is not None else ""
+                log.info(f"moved {label(body, message)} back to '{args.queue}'{why}")
 
     left = poison.get_queue_properties().approximate_message_count
     log.info(
