@@ -15,8 +15,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $@
 
+# npm ci runs only when package*.json change (it wipes node_modules); the venv is only needed
+# to run the installer, so it is an order-only prerequisite.
 node_modules/.installed: package.json package-lock.json | $(VENV)/.installed
-	$(PY) -m patterns.emulator --install  # only when package*.json change (npm ci wipes node_modules)
+	$(PY) -m patterns.emulator --install
 	@touch $@
 
 test: setup
