@@ -570,9 +570,21 @@ class Backoff:
 
 
 def add_consumer_arguments(
-    parser: Any, *, batch_size: int = 1, visibility_timeout: int = 30
+    parser: Any,
+    *,
+    batch_size: int = 1,
+    visibility_timeout: int = 30,
+    work_seconds: float | None = None,
 ) -> None:
-    """The options every consumer has."""
+    """The options every consumer has (and --work-seconds for those that simulate work)."""
+    if work_seconds is not None:
+        parser.add_argument(
+            "--work-seconds",
+            type=float,
+            default=work_seconds,
+            metavar="SECONDS",
+            help=f"simulated work per message (default {work_seconds:g})",
+        )
     parser.add_argument(
         "--batch-size",
         type=int,

@@ -25,10 +25,7 @@ def main() -> int:
         default="tasks-queue",
         help="queue to consume (default tasks-queue)",
     )
-    parser.add_argument(
-        "--work-seconds", type=float, default=2.0, help="simulated work per task (default 2)"
-    )
-    helper.add_consumer_arguments(parser, batch_size=1)
+    helper.add_consumer_arguments(parser, batch_size=1, work_seconds=2.0)
     args = parser.parse_args()
     log = helper.logger("consumer")
     stop = helper.Shutdown()

@@ -31,20 +31,13 @@ def main() -> int:
         "--unsubscribe", action="store_true", help="delete this subscriber's queue on exit"
     )
     parser.add_argument(
-        "--work-seconds",
-        type=float,
-        default=1.0,
-        metavar="S",
-        help="simulated work per message (default 1)",
-    )
-    parser.add_argument(
         "--remember",
         type=int,
         default=1000,
         metavar="N",
         help="processed ids kept for de-duplication (1000)",
     )
-    helper.add_consumer_arguments(parser, batch_size=1)
+    helper.add_consumer_arguments(parser, batch_size=1, work_seconds=1.0)
     args = parser.parse_args()
     queue = helper.queue_name(args.prefix + args.subscriber)
     if queue.endswith(helper.POISON_SUFFIX):

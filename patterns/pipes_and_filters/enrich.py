@@ -24,10 +24,7 @@ def main() -> int:
     parser.add_argument(
         "--output", type=helper.queue_name, default="queue-finalize", help="default queue-finalize"
     )
-    parser.add_argument(
-        "--work-seconds", type=float, default=0.0, help="simulated work per order (default 0)"
-    )
-    helper.add_consumer_arguments(parser)
+    helper.add_consumer_arguments(parser, work_seconds=0.0)
     args = parser.parse_args()
     log = helper.logger("enrich")
     stop = helper.Shutdown()

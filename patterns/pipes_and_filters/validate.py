@@ -46,10 +46,7 @@ def main() -> int:
         default="queue-rejected",
         help="where invalid orders go, with the reasons (default queue-rejected)",
     )
-    parser.add_argument(
-        "--work-seconds", type=float, default=0.0, help="simulated work per order (default 0)"
-    )
-    helper.add_consumer_arguments(parser)
+    helper.add_consumer_arguments(parser, work_seconds=0.0)
     args = parser.parse_args()
     log = helper.logger("validate")
     stop = helper.Shutdown()

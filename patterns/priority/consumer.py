@@ -47,14 +47,7 @@ def main() -> int:
         metavar="N",
         help="after N top-level tasks in a row, let the next level go first once (default off)",
     )
-    parser.add_argument(
-        "--work-seconds",
-        type=float,
-        default=1.0,
-        metavar="S",
-        help="simulated work per task (default 1)",
-    )
-    helper.add_consumer_arguments(parser, batch_size=1)
+    helper.add_consumer_arguments(parser, batch_size=1, work_seconds=1.0)
     args = parser.parse_args()
     log = helper.logger("consumer")
     stop = helper.Shutdown()
