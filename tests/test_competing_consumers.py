@@ -166,23 +166,6 @@ def test_bad_queue_name_and_bad_connection_string_are_one_line_exit_2(env):
     assert "c2VjcmV0" not in result.stderr  # the key is redacted
 
 
-def test_scripts_run_as_files_with_help(env):
-    import subprocess
-    import sys
-
-    from patterns.emulator import ROOT
-
-    for path in (
-        "patterns/competing_consumers/producer.py",
-        "patterns/competing_consumers/consumer.py",
-    ):
-        result = subprocess.run(
-            [sys.executable, path, "--help"], cwd=ROOT, env=env, capture_output=True, text=True
-        )
-        assert result.returncode == 0, result.stderr
-        assert "--queue" in result.stdout
-
-
 def test_consumer_rides_out_an_emulator_restart(tmp_path, qname):
     """A transient outage while running: warn, back off, carry on when the service is back."""
     emulator = Azurite(data_dir=tmp_path / "data", log_path=tmp_path / "azurite.log")

@@ -12,8 +12,6 @@ import uuid
 import pytest
 from conftest import assert_refused, message_count, peek_bodies, run_script
 
-from patterns.emulator import ROOT
-
 CONSUMER = "patterns.fanout.consumer"
 PRODUCER = "patterns.fanout.producer"
 
@@ -164,15 +162,6 @@ def test_unsubscribe_deletes_the_queue_on_exit(subscribe, service, prefix):
 )
 def test_invalid_names_are_refused_with_one_line_and_exit_2(env, module, args, shown):
     assert_refused(run_script(module, *args, env=env), shown)
-
-
-def test_scripts_run_as_files_with_help(env):
-    for path in ("patterns/fanout/producer.py", "patterns/fanout/consumer.py"):
-        result = subprocess.run(
-            [sys.executable, path, "--help"], cwd=ROOT, env=env, capture_output=True, text=True
-        )
-        assert result.returncode == 0, result.stderr
-        assert "--prefix" in result.stdout
 
 
 @pytest.mark.parametrize("failures", [1, 99])

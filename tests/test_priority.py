@@ -5,16 +5,12 @@ Every test uses its own --prefix, so its three queues are its own."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 
 import pytest
 from conftest import assert_refused, message_count, peek_bodies, run_script
-
-from patterns.emulator import ROOT
 
 CONSUMER = "patterns.priority.consumer"
 PRODUCER = "patterns.priority.producer"
@@ -146,12 +142,3 @@ def test_bad_messages_go_to_poison_and_the_consumer_goes_on(start, service, pref
 )
 def test_invalid_levels_and_names_are_refused_with_one_line_and_exit_2(env, module, args, shown):
     assert_refused(run_script(module, *args, env=env), shown)
-
-
-def test_scripts_run_as_files_with_help(env):
-    for path in ("patterns/priority/producer.py", "patterns/priority/consumer.py"):
-        result = subprocess.run(
-            [sys.executable, path, "--help"], cwd=ROOT, env=env, capture_output=True, text=True
-        )
-        assert result.returncode == 0, result.stderr
-        assert "--prefix" in result.stdout

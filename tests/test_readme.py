@@ -93,9 +93,33 @@ def test_every_command_in_the_readme_exists(readme):
     assert checked >= 20
 
 
+# The option that names each script's queue(s): --help must offer it.
+QUEUE_OPTION = {
+    "competing_consumers/producer.py": "--queue",
+    "competing_consumers/consumer.py": "--queue",
+    "fanout/producer.py": "--prefix",
+    "fanout/consumer.py": "--prefix",
+    "priority/producer.py": "--prefix",
+    "priority/consumer.py": "--prefix",
+    "pipes_and_filters/producer.py": "--output",
+    "pipes_and_filters/validate.py": "--input",
+    "pipes_and_filters/enrich.py": "--input",
+    "pipes_and_filters/finalize.py": "--input",
+    "request_reply/requestor.py": "--queue",
+    "request_reply/replier.py": "--queue",
+}
+
+
+def test_queue_option_table_names_real_scripts():
+    assert set(QUEUE_OPTION) <= {str(path.relative_to(ROOT / "patterns")) for path in SCRIPTS}
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_script_answers_help(script):
-    assert "usage:" in help_text(script)
+def test_every_script_answers_help_when_run_as_a_file(script):
+    text = help_text(script)
+    assert "usage:" in text
+    option = QUEUE_OPTION.get(str(script.relative_to(ROOT / "patterns")))
+    assert option is None or option in text
 
 
 def test_japanese_readme_shows_the_same_code_blocks():

@@ -6,16 +6,12 @@ import contextlib
 import json
 import re
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
 import pytest
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from conftest import message_count, peek_bodies, run_script
-
-from patterns.emulator import ROOT
 
 REQUESTOR = "patterns.request_reply.requestor"
 REPLIER = "patterns.request_reply.replier"
@@ -172,13 +168,3 @@ def test_an_expired_request_is_not_answered(start, service, qname, reply_queue):
     replier.wait_for("answered fresh")
     assert [json.loads(b)["correlation_id"] for b in peek_bodies(service, reply_queue)] == ["fresh"]
     assert "too-late" not in replier.text
-
-
-def test_scripts_run_as_files_with_help(env):
-    for role in ("requestor", "replier"):
-        result = subprocess.run(
-            [sys.executable, f"patterns/request_reply/{role}.py", "--help"],
-            cwd=ROOT, env=env, capture_output=True, text=True,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        assert "--queue" in result.stdout

@@ -268,16 +268,6 @@ def test_redrive_with_no_poison_queue_moves_nothing(env, service, qname):
     assert existing(service, qname) == set()
 
 
-def test_tools_run_as_files_with_help(env):
-    for tool in ("status", "peek", "cleanup", "redrive"):
-        result = subprocess.run(
-            [sys.executable, f"patterns/tools/{tool}.py", "--help"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        assert "usage:" in result.stdout
-
-
 # --- Entra ID sign-in (client building only: no network, no Azure account) --------------
 
 URL = "https://acct.queue.core.windows.net"
