@@ -133,7 +133,7 @@ def test_poison_queue_is_not_a_subscriber_and_bad_messages_go_there(
     a.wait_for(rf"moved message .* to '{prefix}a-poison'", count=3)
     reasons = sorted(json.loads(b)["reason"] for b in peek_bodies(service, f"{prefix}a-poison"))
     assert reasons[0] == "empty message"
-    assert reasons[1] == "no application 'id' in the message"
+    assert reasons[1] == "id is missing"
     assert reasons[2].startswith("not JSON")
 
     result = publish(env, prefix)  # the poison queue shares the prefix but is skipped
