@@ -17,15 +17,22 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
-from azure.storage.queue import QueueClient
+from azure.storage.queue import (
+    AccountSasPermissions,
+    QueueClient,
+    ResourceTypes,
+    generate_account_sas,
+)
 from conftest import assert_refused
 
 from patterns.emulator import ROOT, Azurite, free_port
-from patterns.helper import AZURITE_ACCOUNT, AZURITE_PORT, CONNECTION_STRING_VAR
+from patterns.helper import AZURITE_ACCOUNT, AZURITE_KEY, AZURITE_PORT, CONNECTION_STRING_VAR
 from patterns.tools.runner import Proc
 
 PRODUCER = "patterns.competing_consumers.producer"
@@ -280,3 +287,28 @@ def test_port_taken_by_another_program_says_how_to_pick_another(web_port):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", suggested))  # the suggestion is free
     assert "point the scripts at it" in result.stderr
+
+
+def test_status_with_a_sas_token_shows_the_endpoint_without_it(azurite):
+    expiry = datetime.now(timezone.utc) + timedelta(hours=1)
+    everything = ResourceTypes(service=True, container=True, object=True)
+    sas = generate_account_sas(
+        AZURITE_ACCOUNT,
+        AZURITE_KEY,
+        everything,
+        AccountSasPermissions(read=True, list=True),
+        expiry,
+    )
+    env = {
+        **learner_env(),
+        CONNECTION_STRING_VAR: f"QueueEndpoint={azurite.endpoint};SharedAccessSignature={sas}",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "patterns.tools.status"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"at {azurite.endpoint} " in result.stdout
+    signature = parse_qs(sas)["sig"][0]
+    assert signature not in result.stdout + result.stderr
+    assert "sig=" not in result.stdout + result.stderr
