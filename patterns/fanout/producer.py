@@ -14,12 +14,15 @@ after retries; they are named, and re-running with the same --id completes the f
 
 from __future__ import annotations
 
+import shlex
 import time
 import uuid
 
 from azure.core.exceptions import HttpResponseError
 
 from patterns import helper
+
+DEFAULT_PREFIX = "fanout-queue-"
 
 
 def main() -> int:
@@ -35,7 +38,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--prefix",
-        default="fanout-queue-",
+        default=DEFAULT_PREFIX,
         help="subscriber queues are named PREFIX + subscriber (default fanout-queue-)",
     )
     parser.add_argument(
@@ -67,10 +70,13 @@ def main() -> int:
         found = service.list_queues(name_starts_with=args.prefix)
         queues = [q.name for q in found if not q.name.endswith(helper.POISON_SUFFIX)]
         if not queues:
+            same_prefix = (
+                f" --prefix {shlex.quote(args.prefix)}" if args.prefix != DEFAULT_PREFIX else ""
+            )
             log.warning(
                 f"no subscriber queues named '{args.prefix}*': nobody would receive this "
                 "message, so it was not sent. Start a subscriber first: "
-                "python patterns/fanout/consumer.py --subscriber a"
+                f"python patterns/fanout/consumer.py{same_prefix} --subscriber a"
             )
             return 1
         log.info(f"subscribers (found by prefix '{args.prefix}'): {', '.join(queues)}")
