@@ -275,6 +275,7 @@ def test_composed_queue_names_follow_the_same_rule_and_nothing_is_created(
         ("patterns.competing_consumers.producer", ["--queue", "{q}"]),
         ("patterns.pipes_and_filters.producer", ["--output", "{q}"]),
         ("patterns.priority.producer", ["--prefix", "{q}", "--priority", "low"]),
+        ("patterns.request_reply.requestor", ["--queue", "{q}"]),
     ],
 )
 def test_a_billion_tasks_start_at_once_in_little_memory_and_ctrl_c_stops_them(

@@ -6,8 +6,9 @@
 Creates its own reply queue, `reply-<uuid>`, sends --count requests to request-queue (each
 with its own correlation id and a time-to-live of --timeout seconds, so nobody answers it
 after we stopped waiting), then polls its reply queue and matches each reply to its request
-by correlation id. Exit 0 when every reply arrived, 1 on timeout (or an error reply). The
-reply queue is deleted on every way out: success, timeout, error, Ctrl+C.
+by correlation id. Exit 0 when every reply arrived, 1 on timeout (or an error reply), 130
+when Ctrl+C stopped it first. The reply queue is deleted on every way out: success, timeout,
+error, Ctrl+C (if the service is down by then, the warning says how to remove it later).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import math
 import time
 import uuid
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from patterns import helper
 
@@ -103,9 +104,10 @@ def main() -> int:
                 else:
                     log.info(f"reply to request {n}: {reply.get('result')!r} after {ms:.0f} ms")
 
-        if stop.requested:
-            log.info(f"stopped by Ctrl+C with {len(pending)} reply(ies) still missing")
-            return 0
+        missing = len(pending) + args.count - asked
+        if stop.requested and missing:  # interrupted before the job was done
+            log.info(f"stopped by Ctrl+C with {missing} reply(ies) still missing")
+            return 130
         for correlation_id, (n, _) in sorted(pending.items(), key=lambda item: item[1]):
             log.warning(f"no reply to request {n} ({correlation_id})")
         if pending:
@@ -121,8 +123,12 @@ def main() -> int:
             log.info(f"deleted reply queue '{reply_queue}'")
         except ResourceNotFoundError:
             pass
-        except helper.UNREACHABLE:
-            log.warning(f"could not delete reply queue '{reply_queue}': service unreachable")
+        except (HttpResponseError, *helper.UNREACHABLE) as error:  # say how to remove it
+            why = "service unreachable" if isinstance(error, helper.UNREACHABLE) else error.reason
+            log.warning(
+                f"could not delete reply queue '{reply_queue}' ({why}); it is left over: "
+                f"remove it later with python patterns/tools/cleanup.py --prefix {reply_queue}"
+            )
 
 
 if __name__ == "__main__":
