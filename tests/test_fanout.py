@@ -212,3 +212,17 @@ def test_failed_sends_are_retried_then_named_with_exit_1(
         assert (a_ids, b_ids) == (["order-1"], [])
         assert lines[-1].startswith(f"order-1 did NOT reach 1 of 2 subscriber(s): {prefix}b.")
         assert "Re-run with --id order-1" in lines[-1]
+
+
+def test_no_subscriber_hint_is_a_command_that_subscribes_under_the_prefix_in_use(
+    start, env, prefix
+):
+    result = publish(env, prefix)
+    assert result.returncode == 1
+    hint = result.stdout.split("Start a subscriber first: ", 1)[1].strip()
+    assert hint == f"python patterns/fanout/consumer.py --prefix {prefix} --subscriber a"
+    words = hint.split()
+    subscriber = start(words[1].removesuffix(".py").replace("/", "."), *words[2:])
+    subscriber.wait_for("subscribed: waiting for messages")
+    assert published_id(publish(env, prefix))  # the hinted subscriber is found: exit 0
+    subscriber.wait_for(r"\] took msg-")

@@ -135,7 +135,7 @@ def test_bad_messages_go_to_poison_and_the_consumer_goes_on(start, service, pref
 @pytest.mark.parametrize(
     ("module", "args", "shown"),
     [
-        (CONSUMER, ["--levels", "high,urgent"], "invalid --levels 'high,urgent'"),
+        (CONSUMER, ["--levels", "high,urgent"], "argument --levels: list some of high, normal"),
         (CONSUMER, ["--prefix", "Bad_"], "invalid queue name 'Bad_-high-priority"),
         (PRODUCER, ["--prefix", "Bad_"], "invalid queue name 'Bad_-high-priority"),
     ],
