@@ -8,6 +8,7 @@ pattern script keeps its own loop in plain sight and calls these pieces.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import os
@@ -128,17 +129,20 @@ def load_settings(
 def read_dotenv(path: str | Path) -> tuple[dict[str, str], list[str]]:
     """A .env file's variables, and a note for each line that does not parse. The notes name
     the line by number only: its text may hold a key."""
+    try:
+        content = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as error:
+        return {}, [f"{path} cannot be read ({error.strerror}): ignored"]
     values: dict[str, str] = {}
     notes: list[str] = []
-    with open(path, encoding="utf-8", errors="replace") as stream:
-        for binding in parse_stream(stream):
-            text = binding.original.string
-            # A statement starts after the blank lines before it: count to its text.
-            line = binding.original.line + text[: len(text) - len(text.lstrip())].count("\n")
-            if binding.error:
-                notes.append(f"{path} line {line} is unreadable (expected NAME=value): ignored")
-            elif binding.key is not None:
-                values[binding.key] = binding.value or ""
+    for binding in parse_stream(io.StringIO(content)):
+        text = binding.original.string
+        # A statement starts after the blank lines before it: count to its text.
+        line = binding.original.line + text[: len(text) - len(text.lstrip())].count("\n")
+        if binding.error:
+            notes.append(f"{path} line {line} is unreadable (expected NAME=value): ignored")
+        elif binding.key is not None:
+            values[binding.key] = binding.value or ""
     return values, notes
 
 
@@ -270,9 +274,9 @@ READ_TIMEOUT = 5
 
 class _Retry(LinearRetry):
     """The SDK's linear retry, short (3 retries 0.5 s apart, a read timeout retried once),
-    plus a start-up probe: the process's first request is not retried and its answer must
-    come from a queue service. So a script whose endpoint is down, hung or something else
-    says so within seconds, and the probe costs no request of its own."""
+    plus a start-up probe: the process's first request is not retried when nothing answers
+    in time, and its answer must come from a queue service. So a script whose endpoint is
+    down, hung or something else says so within seconds, and the probe costs no request."""
 
     def __init__(self) -> None:
         super().__init__(backoff=0.5, random_jitter_range=0.2, retry_total=3, retry_read=1)
@@ -281,7 +285,7 @@ class _Retry(LinearRetry):
     def send(self, request: Any) -> Any:
         if self.probed:
             return super().send(request)
-        request.context.options["retry_total"] = 0
+        request.context.options.update(retry_connect=0, retry_read=0)  # 5xx: retried as usual
         response = super().send(request)
         answer = response.http_response
         if "x-ms-request-id" not in answer.headers:  # every Azure Storage answer has one
