@@ -3,6 +3,7 @@
 For the walkthrough, in a terminal of its own (port 10001, data kept in .azurite/):
 
     make emulator                 # or: python -m patterns.emulator
+    make emulator ARGS="--port 10002"   # another port: it prints what the scripts need
 
 Ctrl+C stops it. The tests and the demo use the same code as a context manager, in memory, on
 a free port:
@@ -298,7 +299,12 @@ def main() -> int:
         prog="python -m patterns.emulator",
         description="Run Azurite (queue service) in the foreground for the walkthrough.",
     )
-    parser.add_argument("--port", type=int, default=AZURITE_PORT, help="default 10001")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=AZURITE_PORT,
+        help="default 10001; on another port it prints the line that points the scripts at it",
+    )
     parser.add_argument(
         "--location", type=Path, default=ROOT / ".azurite", help="data folder (default .azurite/)"
     )
