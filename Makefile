@@ -27,8 +27,9 @@ test: setup
 demo: setup
 	$(PY) -m patterns.tools.demo
 
+# Options in ARGS too, e.g. `make emulator ARGS="--port 10002"`.
 emulator: setup
-	$(PY) -m patterns.emulator
+	$(PY) -m patterns.emulator $(ARGS)
 
 # Queue tools; pass options in ARGS, e.g. `make status ARGS=--watch`, `make cleanup ARGS=--dry-run`.
 status: setup

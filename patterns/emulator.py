@@ -3,6 +3,7 @@
 For the walkthrough, in a terminal of its own (port 10001, data kept in .azurite/):
 
     make emulator                 # or: python -m patterns.emulator
+    make emulator ARGS="--port 10002"   # another port: it prints what the scripts need
 
 Ctrl+C stops it. The tests and the demo use the same code as a context manager, in memory, on
 a free port:
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import os
 import shutil
 import signal
@@ -30,7 +32,14 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from patterns.helper import AZURITE_ACCOUNT, AZURITE_PORT, Fatal, azurite_connection_string, run
+from patterns.helper import (
+    AZURITE_ACCOUNT,
+    AZURITE_PORT,
+    CONNECTION_STRING_VAR,
+    Fatal,
+    azurite_connection_string,
+    run,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE_MAIN = ROOT / "node_modules" / "azurite" / "dist" / "src" / "queue" / "main.js"
@@ -115,6 +124,65 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _free_port_from(port: int) -> int:
+    """The first port above `port` that nothing listens on (to suggest one)."""
+    for candidate in range(port + 1, min(port + 100, 65535)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+        return candidate
+    return free_port()
+
+
+def what_answers(port: int) -> str | None:
+    """The Server header of what answers HTTP on a local port ('Azurite-Queue/3.37.0', '' if
+    it names none), or None if it does not answer HTTP within 2 s."""
+    url = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}?comp=list"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return str(answer.headers.get("Server", ""))
+    except urllib.error.HTTPError as answer:  # 403 without a signature: still an answer
+        return str(answer.headers.get("Server", ""))
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+def port_taken(port: int, server: str | None) -> str:
+    """Why the emulator cannot start on `port`, and the way on: use the Azurite that already
+    runs there, or start on a free port."""
+    if server is not None and server.startswith("Azurite-Queue"):
+        use = (
+            "the scripts find it there"
+            if port == AZURITE_PORT
+            else "point the scripts at it as above"
+        )
+        return (
+            f"port {port} is already in use by an Azurite ({server}): it is running, use it; {use}"
+        )
+    what = "it does not answer HTTP" if server is None else f"server '{server or 'unnamed'}'"
+    free = _free_port_from(port)
+    return (
+        f"port {port} is already in use by another program ({what}), not an Azurite: start the "
+        f"emulator on a free port, e.g. `python -m patterns.emulator --port {free}`, and point the "
+        "scripts at it with the line it prints"
+    )
+
+
+def scripts_setting(port: int) -> str:
+    """The lines that point the scripts at an emulator on a port other than 10001."""
+    value = azurite_connection_string(port)
+    return (
+        f"The scripts use port {AZURITE_PORT} unless told otherwise. In each terminal that runs "
+        "them, set (bash, zsh):\n"
+        f'  export {CONNECTION_STRING_VAR}="{value}"\n'
+        "or (Windows PowerShell):\n"
+        f'  $env:{CONNECTION_STRING_VAR}="{value}"\n'
+        "or put the export line in .env (every terminal reads it)."
+    )
+
+
 def die_with_parent() -> None:
     """Linux: if our Python process is killed outright, the emulator goes with it."""
     with contextlib.suppress(Exception):
@@ -152,8 +220,8 @@ class Azurite:
     def start(self) -> Azurite:
         if _port_in_use(self.port):
             raise Fatal(
-                f"port {self.port} is already in use: is an emulator already running "
-                "(another `make emulator`)? Stop it or use --port"
+                f"port {self.port} is already in use: is an emulator already running there? "
+                "Use it, or start on a free port"
             )
         node = ensure_node()
         if not AZURITE_MAIN.exists():
@@ -231,7 +299,12 @@ def main() -> int:
         prog="python -m patterns.emulator",
         description="Run Azurite (queue service) in the foreground for the walkthrough.",
     )
-    parser.add_argument("--port", type=int, default=AZURITE_PORT, help="default 10001")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=AZURITE_PORT,
+        help="default 10001; on another port it prints the line that points the scripts at it",
+    )
     parser.add_argument(
         "--location", type=Path, default=ROOT / ".azurite", help="data folder (default .azurite/)"
     )
@@ -249,12 +322,19 @@ def main() -> int:
         log_path=None,
         silent=not args.verbose,
     )
+    if _port_in_use(args.port):  # say what is there, and the way on
+        server = what_answers(args.port)
+        if server and server.startswith("Azurite-Queue") and args.port != AZURITE_PORT:
+            print(scripts_setting(args.port), flush=True)
+        raise Fatal(port_taken(args.port, server))
     with emulator:
         where = "in memory" if args.in_memory else f"data in {args.location}"
         print(
             f"Azurite queue service ready on {emulator.endpoint} ({where}); Ctrl+C stops it",
             flush=True,
         )
+        if args.port != AZURITE_PORT:
+            print(scripts_setting(args.port), flush=True)
         try:
             while emulator.process is not None and emulator.process.poll() is None:
                 time.sleep(0.5)

@@ -7,6 +7,8 @@ pattern script keeps its own loop in plain sight and calls these pieces.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import logging
 import os
@@ -21,18 +23,24 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
+from xml.etree.ElementTree import ParseError
 from xml.sax.saxutils import escape as xml_escape
 
 from azure.core.exceptions import (
     ClientAuthenticationError,
+    DecodeError,
     HttpResponseError,
     ResourceExistsError,
     ResourceNotFoundError,
     ServiceRequestError,
+    ServiceRequestTimeoutError,
     ServiceResponseError,
+    ServiceResponseTimeoutError,
 )
 from azure.storage.queue import LinearRetry, QueueClient, QueueMessage, QueueServiceClient
-from dotenv import dotenv_values, find_dotenv
+from dotenv import find_dotenv
+from dotenv.parser import parse_stream
 
 CONNECTION_STRING_VAR = "AZURE_STORAGE_CONNECTION_STRING"
 ACCOUNT_URL_VAR = "AZURE_STORAGE_ACCOUNT_URL"  # Entra ID sign-in (optional extra `entra`)
@@ -77,6 +85,7 @@ class Settings:
     connection_string: str  # "" when signing in with Entra ID (account_url)
     source: str  # "environment", the .env path, or "default" (local Azurite)
     account_url: str = ""  # https://<account>.queue.core.windows.net, with DefaultAzureCredential
+    notes: tuple[str, ...] = ()  # what was found but not usable: said before falling back
 
 
 def azurite_connection_string(port: int = AZURITE_PORT, host: str = "127.0.0.1") -> str:
@@ -91,21 +100,120 @@ def load_settings(
 ) -> Settings:
     """The real environment wins, then `.env` (searched from the current directory up),
     then the local Azurite on 127.0.0.1:10001. In each place a connection string wins over
-    AZURE_STORAGE_ACCOUNT_URL (Entra ID sign-in)."""
-    places: list[tuple[str, Mapping[str, str | None]]] = [
-        ("environment", os.environ if environ is None else environ)
-    ]
-    path = str(dotenv_file) if dotenv_file is not None else find_dotenv(usecwd=True)
-    if path and Path(path).is_file():
-        places.append((path, dotenv_values(path)))
-    for source, values in places:
+    AZURE_STORAGE_ACCOUNT_URL (Entra ID sign-in). An empty variable or an unreadable `.env`
+    line is skipped with a note, so that the learner hears why the next place was used."""
+    notes: list[str] = []
+
+    def places() -> Iterator[tuple[str, Mapping[str, str]]]:
+        yield "environment", os.environ if environ is None else environ
+        path = str(dotenv_file) if dotenv_file is not None else find_dotenv(usecwd=True)
+        if path and Path(path).is_file():  # read only when the environment had nothing
+            values, unreadable = read_dotenv(path)
+            notes.extend(unreadable)
+            yield path, values
+
+    for source, values in places():
+        for name in (CONNECTION_STRING_VAR, ACCOUNT_URL_VAR):
+            if name in values and not (values[name] or "").strip():
+                where = "the environment" if source == "environment" else source
+                notes.append(f"{name} is set but empty in {where}: ignored")
         value = (values.get(CONNECTION_STRING_VAR) or "").strip()
         if value:
-            return Settings(value, source)
+            return Settings(value, source, notes=tuple(notes))
         url = (values.get(ACCOUNT_URL_VAR) or "").strip()
         if url:
-            return Settings("", source, account_url=url)
-    return Settings(azurite_connection_string(), "default")
+            return Settings("", source, account_url=url, notes=tuple(notes))
+    return Settings(azurite_connection_string(), "default", notes=tuple(notes))
+
+
+def read_dotenv(path: str | Path) -> tuple[dict[str, str], list[str]]:
+    """A .env file's variables, and a note for each line that does not parse. The notes name
+    the line by number only: its text may hold a key."""
+    try:
+        content = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as error:
+        return {}, [f"{path} cannot be read ({error.strerror}): ignored"]
+    values: dict[str, str] = {}
+    notes: list[str] = []
+    for binding in parse_stream(io.StringIO(content)):
+        text = binding.original.string
+        # A statement starts after the blank lines before it: count to its text.
+        line = binding.original.line + text[: len(text) - len(text.lstrip())].count("\n")
+        if binding.error:
+            notes.append(f"{path} line {line} is unreadable (expected NAME=value): ignored")
+        elif binding.key is not None:
+            values[binding.key] = binding.value or ""
+    return values, notes
+
+
+# The parts a storage connection string may have (Azure Storage documents these names).
+CONNECTION_STRING_PARTS = {
+    name.lower(): name
+    for name in (
+        "DefaultEndpointsProtocol", "AccountName", "AccountKey", "EndpointSuffix",
+        "SharedAccessSignature", "UseDevelopmentStorage", "DevelopmentStorageProxyUri",
+        "QueueEndpoint", "QueueSecondaryEndpoint", "BlobEndpoint", "BlobSecondaryEndpoint",
+        "FileEndpoint", "FileSecondaryEndpoint", "TableEndpoint", "TableSecondaryEndpoint",
+    )
+}  # fmt: skip
+CONNECTION_STRING_SHAPE = (
+    "DefaultEndpointsProtocol=https;AccountName=<name>;AccountKey=<key>;"
+    "EndpointSuffix=core.windows.net"
+)
+BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+
+
+def _is_base64(text: str) -> bool:
+    try:
+        base64.b64decode(text, validate=True)
+    except ValueError:
+        return False
+    return True
+
+
+def connection_string_problems(text: str) -> list[str]:
+    """What is wrong with a connection string, in words that quote none of its values (a
+    value may be a key, and so may a part that is not Name=value at all). [] if it is fine."""
+    parts = [part for part in text.strip().split(";") if part.strip()]
+    if len(parts) == 1 and len(parts[0].strip()) >= 20 and BASE64.match(parts[0].strip()):
+        return ["it looks like an account key on its own, not a whole connection string"]
+    problems: list[str] = []
+    found: dict[str, str] = {}
+    for number, part in enumerate(parts, start=1):
+        name, equals, value = part.partition("=")
+        known = CONNECTION_STRING_PARTS.get(name.strip().lower())
+        if not equals:
+            problems.append(f"part {number} of {len(parts)} is not Name=value")
+        elif known is None:
+            # Show a name only when it cannot be a secret: a short word, like a misspelling.
+            shown = f" '{name}'" if re.fullmatch(r"[A-Za-z]{1,30}", name) else ""
+            problems.append(f"part {number} of {len(parts)}{shown} is not a connection setting")
+        elif name != name.strip():
+            problems.append(f"part {number} of {len(parts)} has a space around '{known}'")
+        elif not value.strip():
+            problems.append(f"{known} is empty")
+        elif value != value.strip() or re.search(r"\s", value):
+            problems.append(f"the value of {known} contains a space or line break")
+        if known and equals:
+            found[known] = value.strip()
+    if problems:
+        return problems
+    if found.get("UseDevelopmentStorage", "").lower() == "true":
+        return []
+    if "SharedAccessSignature" in found:
+        missing = [] if {"QueueEndpoint", "AccountName"} & found.keys() else ["AccountName"]
+    else:
+        missing = [name for name in ("AccountName", "AccountKey") if name not in found]
+    if missing:
+        problems.append(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing")
+    if "AccountKey" in found and not _is_base64(found["AccountKey"]):
+        problems.append("AccountKey is not a key (a key is base64 text, often ending in '=')")
+    protocol = found.get("DefaultEndpointsProtocol", "https").lower()
+    if protocol not in ("http", "https"):
+        problems.append("DefaultEndpointsProtocol must be https (or http)")
+    if not re.match(r"(?i)^https?://", found.get("QueueEndpoint", "https://")):
+        problems.append("QueueEndpoint must start with https:// (or http://)")
+    return problems
 
 
 def redact(connection_string: str) -> str:
@@ -157,37 +265,76 @@ def logger(role: str) -> logging.Logger:
 
 _service: QueueServiceClient | None = None
 
+# Queue operations are small: a healthy service answers in milliseconds, a busy emulator in
+# well under a second. A read timeout of a few seconds (not the SDK's 30) with one retry
+# means a hung service is reported within ~11 s instead of ~2 minutes.
+CONNECT_TIMEOUT = 3
+READ_TIMEOUT = 5
+
+
+class _Retry(LinearRetry):
+    """The SDK's linear retry, short (3 retries 0.5 s apart, a read timeout retried once),
+    plus a start-up probe: the process's first request is not retried when nothing answers
+    in time, and its answer must come from a queue service. So a script whose endpoint is
+    down, hung or something else says so within seconds, and the probe costs no request."""
+
+    def __init__(self) -> None:
+        super().__init__(backoff=0.5, random_jitter_range=0.2, retry_total=3, retry_read=1)
+        self.probed = False
+
+    def send(self, request: Any) -> Any:
+        if self.probed:
+            return super().send(request)
+        request.context.options.update(retry_connect=0, retry_read=0)  # 5xx: retried as usual
+        response = super().send(request)
+        answer = response.http_response
+        if "x-ms-request-id" not in answer.headers:  # every Azure Storage answer has one
+            raise Fatal(not_a_queue_service(answer.status_code, answer.headers.get("Server")))
+        self.probed = True
+        return response
+
 
 def service(log: logging.Logger | None = None) -> QueueServiceClient:
     """The queue service client for this process (created once).
 
-    The retry policy gives up after ~2 s (not the SDK default's minute) so that a learner
-    whose emulator is not running hears about it at once."""
+    Says (to `log`) where the settings came from when it is not the obvious place, and
+    refuses a connection string that does not parse without ever echoing it."""
     global _service
     if _service is None:
         settings = load_settings()
-        if settings.source == "default" and log is not None:
-            log.info(
-                f"{CONNECTION_STRING_VAR} is not set: using the local Azurite at "
-                f"127.0.0.1:{AZURITE_PORT}"
-            )
+        if log is not None:
+            for note in settings.notes:
+                log.warning(note)
+            if settings.source == "default":
+                missing = "is not set" if not settings.notes else "has no usable value"
+                log.info(
+                    f"{CONNECTION_STRING_VAR} {missing}: using the local Azurite at "
+                    f"127.0.0.1:{AZURITE_PORT}"
+                )
         options: dict[str, Any] = {
-            "retry_policy": LinearRetry(backoff=0.5, random_jitter_range=0.2, retry_total=3),
-            "connection_timeout": 3,
-            "read_timeout": 30,
+            "retry_policy": _Retry(),
+            "connection_timeout": CONNECT_TIMEOUT,
+            "read_timeout": READ_TIMEOUT,
         }
         if settings.account_url:
             _service = entra_client(settings.account_url, log, **options)
             return _service
+        where = "the environment" if settings.source == "environment" else settings.source
+        problems = connection_string_problems(settings.connection_string)
+        if problems:
+            raise Fatal(
+                f"{CONNECTION_STRING_VAR} in {where} is not a valid connection string: "
+                f"{'; '.join(problems)}. It should look like {CONNECTION_STRING_SHAPE} "
+                "(Portal: your storage account > Access keys > Connection string)"
+            )
         try:
             _service = QueueServiceClient.from_connection_string(
                 settings.connection_string, **options
             )
-        except ValueError as error:
+        except ValueError as error:  # what the check above missed; the SDK quotes no values
             raise Fatal(
-                f"{CONNECTION_STRING_VAR} is not a valid connection string "
-                f"({redact(settings.connection_string)}): {error}"
-            ) from error
+                f"{CONNECTION_STRING_VAR} in {where} is not a valid connection string: {error}"
+            ) from None
     return _service
 
 
@@ -235,12 +382,54 @@ def open_queue(name: str, log: logging.Logger | None = None) -> QueueClient:
     raise Fatal(f"queue '{name}' is still being deleted; try again in a minute")
 
 
-def unreachable_message() -> str:
-    endpoint = service().url
+def endpoint() -> str:
+    """The queue service's address, fit to print: no SAS token, no trailing slash."""
+    url = urlsplit(service().url)
+    return f"{url.scheme}://{url.netloc}{url.path.rstrip('/')}"
+
+
+def _is_local() -> bool:
+    return urlsplit(service().url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
+def unreachable_message(error: BaseException | None = None) -> str:
+    """One line for a transport failure (by default the one being handled): nothing answers
+    at all (refused, unknown host) or the endpoint takes the request but does not answer
+    (hung, paused, a firewall that drops packets)."""
+    error = error or sys.exc_info()[1]
+    where, port, local = endpoint(), urlsplit(service().url).port, _is_local()
+    if isinstance(error, ServiceResponseTimeoutError | ServiceRequestTimeoutError):
+        waited = READ_TIMEOUT if isinstance(error, ServiceResponseTimeoutError) else CONNECT_TIMEOUT
+        check = (
+            f"check that the emulator is not paused (Ctrl+Z; `fg` resumes it) and that port "
+            f"{port} is its port"
+            if local
+            else "check your network (firewall, proxy) and the endpoint"
+        )
+        return f"the queue service at {where} does not answer (nothing in {waited} s) - {check}"
+    if not local:
+        return (
+            f"cannot reach the queue service at {where} - check the account name in "
+            f"{CONNECTION_STRING_VAR} and your network"
+        )
+    start = "make emulator" if port == AZURITE_PORT else f'make emulator ARGS="--port {port}"'
     return (
-        f"cannot reach the queue service at {endpoint} - is the emulator running? "
-        "Start it with `make emulator` (or set AZURE_STORAGE_CONNECTION_STRING)"
+        f"cannot reach the queue service at {where} - is the emulator running? "
+        f"Start it with `{start}` (or set {CONNECTION_STRING_VAR})"
     )
+
+
+def not_a_queue_service(status: int | None = None, server: str | None = None) -> str:
+    """One line for an endpoint where something else answers (a web server, a proxy)."""
+    what = f"HTTP {status}" if status else "an answer that is not a queue service's XML"
+    if server:
+        what += f" from {server[:40]!r}"
+    check = (
+        "check the port: the emulator prints its address when it starts"
+        if _is_local()
+        else f"check the endpoint in {CONNECTION_STRING_VAR} (and any proxy)"
+    )
+    return f"what answers at {endpoint()} is not a queue service ({what}) - {check}"
 
 
 # --- sending ------------------------------------------------------------------------------
@@ -619,31 +808,32 @@ def add_consumer_arguments(
 def run(main: Callable[[], int | None]) -> NoReturn:
     """Run a script's main() and turn expected failures into one line and an exit code."""
     try:
-        code = main() or 0
+        sys.exit(main() or 0)
     except Fatal as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        code = error.exit_code
-    except UNREACHABLE:
-        print(f"error: {unreachable_message()}", file=sys.stderr, flush=True)
-        code = 2
+        message, code = str(error), error.exit_code
+    except UNREACHABLE as error:
+        message, code = unreachable_message(error), 2
     except ClientAuthenticationError as error:
-        reason = error.reason or (error.message or "").strip().split("\n")[0]
+        reason = error.error_code or error.reason or (error.message or "").strip().split("\n")[0]
         check = (
             "your Entra ID sign-in (`az login`)"
             if load_settings().account_url
-            else CONNECTION_STRING_VAR
+            else f"AccountName and AccountKey in {CONNECTION_STRING_VAR}"
         )
-        print(
-            f"error: the queue service refused our credentials ({reason}); check {check}",
-            file=sys.stderr,
-            flush=True,
-        )
-        code = 2
+        message, code = f"the queue service refused our credentials ({reason}); check {check}", 2
+    except (DecodeError, ParseError) as error:  # an answer that is not a queue service's XML
+        status = error.status_code if isinstance(error, DecodeError) else None
+        message, code = not_a_queue_service(status), 2
     except HttpResponseError as error:
-        message = (error.message or "").splitlines()[0] if error.message else error.reason
-        print(f"error: the queue service refused the request: {message}", file=sys.stderr)
-        code = 1
+        answer = error.response
+        if answer is not None and "x-ms-request-id" not in answer.headers:  # see _Retry
+            message = not_a_queue_service(error.status_code, answer.headers.get("Server"))
+            code = 2
+        else:
+            first = (error.message or "").splitlines()[0] if error.message else error.reason
+            message, code = f"the queue service refused the request: {first}", 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
-        code = 130
+        sys.exit(130)
+    print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)

@@ -111,3 +111,87 @@ def test_backoff_doubles_to_its_ceiling_and_resets():
     backoff.reset()
     backoff.wait(sleeper)
     assert sleeper.waits == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 0.1])
+
+
+# --- configuration: what is wrong, said without a value ----------------------------------
+
+KEY = "Zm9yIHRlc3RzIG9ubHk6IHNoYXBlZCBsaWtlIGFuIGFjY291bnQga2V5LCBub3QgYSBrZXk="  # base64 text
+SAS = "QueueEndpoint=https://acct.queue.core.windows.net;SharedAccessSignature=sv=2022&sig=abc"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (KEY, "an account key on its own"),
+        (f"AccountKey={KEY};nonsense", "part 2 of 2 is not Name=value"),
+        (f"AccountName=acct;AccountKey ={KEY}", "part 2 of 2 has a space around 'AccountKey'"),
+        (f"AcountName=acct;AccountKey={KEY}", "part 1 of 2 'AcountName' is not a connection"),
+        (f"{KEY}x=1;AccountName=acct", "part 1 of 2 is not a connection setting"),
+        ("AccountName=acct", "AccountKey is missing"),
+        ("EndpointSuffix=core.windows.net", "AccountName and AccountKey are missing"),
+        ("AccountName=acct;AccountKey=", "AccountKey is empty"),
+        (f"AccountName=acct;AccountKey={KEY[:-1]}", "AccountKey is not a key"),
+        (f"AccountName=acct;AccountKey={KEY[:40]}\n{KEY[40:]}", "contains a space or line"),
+        (f"DefaultEndpointsProtocol=ftp;AccountName=a;AccountKey={KEY}", "must be https"),
+        (f"QueueEndpoint=127.0.0.1:1/a;AccountName=a;AccountKey={KEY}", "must start with https"),
+    ],
+)
+def test_connection_string_problems_are_named_without_any_value(text, problem):
+    problems = "; ".join(helper.connection_string_problems(text))
+    assert problem in problems
+    assert KEY[:20] not in problems and "acct" not in problems
+
+
+@pytest.mark.parametrize(
+    "text",
+    [REAL, REAL + ";", helper.azurite_connection_string(), SAS, "UseDevelopmentStorage=true"],
+)
+def test_good_connection_strings_have_no_problems(text):
+    assert helper.connection_string_problems(text) == []
+
+
+def test_an_empty_variable_is_noted_before_falling_back(tmp_path):
+    settings = helper.load_settings({"AZURE_STORAGE_CONNECTION_STRING": ""}, tmp_path / "none")
+    assert settings.source == "default"
+    assert settings.notes == (
+        "AZURE_STORAGE_CONNECTION_STRING is set but empty in the environment: ignored",
+    )
+
+
+def test_unreadable_dotenv_lines_are_noted_by_number_only(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        f'# my settings\n\nAZURE_STORAGE_CONNECTION_STRING: "{REAL}"\nOTHER=1\nbroken "line\n'
+    )
+    settings = helper.load_settings({}, dotenv)
+    assert settings.source == "default"
+    assert settings.notes == (
+        f"{dotenv} line 3 is unreadable (expected NAME=value): ignored",
+        f"{dotenv} line 5 is unreadable (expected NAME=value): ignored",
+    )
+    assert "c2VjcmV0a2V5" not in "".join(settings.notes)
+
+
+def test_dotenv_is_not_read_when_the_environment_has_the_setting(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("this line does not parse\n")
+    settings = helper.load_settings({"AZURE_STORAGE_CONNECTION_STRING": REAL}, dotenv)
+    assert settings == helper.Settings(REAL, "environment")
+
+
+def test_an_empty_dotenv_variable_is_noted(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text('AZURE_STORAGE_CONNECTION_STRING=""\n')
+    assert helper.load_settings({}, dotenv).notes == (
+        f"AZURE_STORAGE_CONNECTION_STRING is set but empty in {dotenv}: ignored",
+    )
+
+
+def test_the_endpoint_is_shown_without_sas_token_or_trailing_slash(monkeypatch):
+    sas = "QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;SharedAccessSignature=sv=1&sig=c2Vj"
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", sas)
+    monkeypatch.setattr(helper, "_service", None)
+    assert helper.endpoint() == "http://127.0.0.1:9/devstoreaccount1"
+    message = helper.unreachable_message(ConnectionError())
+    assert "http://127.0.0.1:9/devstoreaccount1 - is the emulator running?" in message
+    assert "sig" not in message

@@ -112,7 +112,7 @@ def main() -> int:
     args = parser.parse_args()
     log = helper.logger("status")
     svc = helper.service(log)
-    endpoint = svc.url.rstrip("/")
+    endpoint = helper.endpoint()  # without a SAS token
     print(render(rows(counts(svc, args.prefix), args.prefix), endpoint, args.prefix), end="")
     if not args.watch:
         return 0
