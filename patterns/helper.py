@@ -430,6 +430,7 @@ class Inbox:
         self._poison: QueueClient | None = None
         self._held: dict[str, QueueMessage] = {}
         self._undeliverable = False  # warned about a message the service cannot hand out?
+        self._one_by_one_until = 0.0  # receive single messages until then (see receive())
 
     @classmethod
     def from_args(cls, name: str, log: logging.Logger, args: Any) -> Inbox:
@@ -471,6 +472,8 @@ class Inbox:
     def receive(self, max_messages: int = 1) -> list[QueueMessage]:
         """One receive call for up to `max_messages` (1-32). [] on empty queue or outage."""
         failed: list[str] = []  # 5xx answers within this call that the SDK retried away
+        if time.monotonic() < self._one_by_one_until:
+            max_messages = 1  # a message the service cannot hand out fails only itself
 
         def note(response: Any) -> None:  # called for every try, retries included
             answer = response.http_response
@@ -497,21 +500,27 @@ class Inbox:
         except Exception as error:
             if not is_outage(error):
                 raise
+            if isinstance(error, HttpResponseError):
+                self._one_by_one_until = time.monotonic() + 2 * self.visibility_timeout
             _outage.begin(self.log, error)
             return []
         _outage.end(self.log)
-        if failed and not self._undeliverable:
+        if failed:
             # Seen with Azurite: a message holding a character XML does not allow (e.g. a raw
             # \x00 sent by another client) is taken - hidden, dequeue count + 1 - but the
-            # answer that would carry it fails. No one ever gets its pop receipt.
-            self._undeliverable = True
-            self.log.warning(
-                f"a receive from '{self.name}' got {failed[0]} and worked when retried: the "
-                "service holds a message it cannot hand out (Azurite: one with a character "
-                "XML forbids, e.g. \\x00). No one can receive or delete it; it comes back every "
-                f"{self.visibility_timeout} s until it expires. Other messages are still served "
-                "(warned once)"
-            )
+            # answer that would carry it fails, and with it every message taken alongside.
+            # No one ever gets its pop receipt. While this recurs, take one message per call.
+            self._one_by_one_until = time.monotonic() + 2 * self.visibility_timeout
+            if not self._undeliverable:
+                self._undeliverable = True
+                self.log.warning(
+                    f"a receive from '{self.name}' got {failed[0]} and worked when retried: "
+                    "the service holds a message it cannot hand out (Azurite: one with a "
+                    "character XML forbids, e.g. \\x00). No one can receive or delete it; it "
+                    f"comes back every {self.visibility_timeout} s until it expires. Receiving "
+                    "one message at a time meanwhile, so the others are still served (warned "
+                    "once)"
+                )
         for message in messages:
             self._held[message.id] = message
         return messages
