@@ -588,7 +588,7 @@ class Inbox:
             if is_outage(error):
                 _outage.begin(self.log, error)
             self.log.warning(
-                f"could not delete {describe(message)} ({_in_short(error)}); "
+                f"could not delete {describe(message)}: {_in_short(error)}; "
                 "it will be delivered again"
             )
 
@@ -626,7 +626,7 @@ class Inbox:
             if is_outage(error):
                 _outage.begin(self.log, error)
             self.log.warning(
-                f"could not move {describe(message)} to poison ({_in_short(error)}); "
+                f"could not move {describe(message)} to poison: {_in_short(error)}; "
                 "it will come back"
             )
             return
@@ -683,8 +683,8 @@ class _VisibilityKeeper:
                 _outage.begin(self.log, error)  # try again at the next renewal
                 return True
             self.log.warning(
-                f"could not extend the visibility timeout of {describe(message)} "
-                f"({_in_short(error)}); another consumer may take it"
+                f"could not extend the visibility timeout of {describe(message)}: "
+                f"{_in_short(error)}; another consumer may take it"
             )
             return not _not_ours(error)
         return True
