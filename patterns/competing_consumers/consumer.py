@@ -37,12 +37,13 @@ def main() -> int:
             for message in inbox.batch(stop):  # one receive call; backs off when empty
                 with inbox.settle(message):  # delete on success; retry or poison on failure
                     task = helper.parse_json(message)
-                    log.info(f"took {task.get('id')} (attempt {message.dequeue_count})")
+                    task_id = helper.app_id(task)  # no usable id: a bad message, to poison
+                    log.info(f"took {task_id} (attempt {message.dequeue_count})")
                     if task.get("fail"):
                         raise RuntimeError("the task asked to fail")
                     stop.sleep(args.work_seconds)  # the work; Ctrl+C interrupts it
                     processed += 1
-                    log.info(f"done {task.get('id')}")
+                    log.info(f"done {task_id}")
     log.info(f"stopped: processed {processed} task(s)")
     return 0
 

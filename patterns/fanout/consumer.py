@@ -55,19 +55,19 @@ def main() -> int:
             for message in inbox.batch(stop):  # one receive call; backs off when empty
                 with inbox.settle(message):  # delete on success; retry or poison on failure
                     body = helper.parse_json(message)
-                    if "id" not in body:
-                        raise helper.BadMessage("no application 'id' in the message")
-                    if body["id"] in seen:  # a second copy of something we already did
+                    # No id, null, 7: a bad message (to poison), never a "duplicate" of another.
+                    app_id = helper.app_id(body)
+                    if app_id in seen:  # a second copy of something we already did
                         skipped += 1
-                        log.info(f"skipped {body['id']}: already processed (duplicate)")
+                        log.info(f"skipped {app_id}: already processed (duplicate)")
                         continue  # leaving the block deletes the duplicate
-                    log.info(f"took {body['id']}: {body.get('text')}")
+                    log.info(f"took {app_id}: {body.get('text')}")
                     stop.sleep(args.work_seconds)  # the work; Ctrl+C interrupts it
-                    seen[body["id"]] = None
+                    seen[app_id] = None
                     if len(seen) > args.remember:
                         del seen[next(iter(seen))]  # forget the oldest id
                     processed += 1
-                    log.info(f"done {body['id']}")
+                    log.info(f"done {app_id}")
 
     if args.unsubscribe:
         helper.service().delete_queue(queue)

@@ -37,11 +37,13 @@ def main() -> int:
             for message in inbox.batch(stop):  # one receive call; backs off when empty
                 with inbox.settle(message):  # forward inside the block, delete after it
                     order = helper.parse_json(message)
+                    order_id = helper.app_id(order, "order_id")  # none or not a string: poison
+                    log.info(f"took {order_id} (attempt {message.dequeue_count})")
                     stop.sleep(args.work_seconds)
                     order["processed_at"] = datetime.now(timezone.utc).isoformat()
                     helper.send_json(output, order)
                     enriched += 1
-                    log.info(f"enriched {order.get('order_id')}, passed it to '{args.output}'")
+                    log.info(f"enriched {order_id}, passed it to '{args.output}'")
     log.info(f"stopped: enriched {enriched} order(s)")
     return 0
 

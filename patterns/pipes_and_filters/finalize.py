@@ -43,7 +43,7 @@ def main() -> int:
             for message in inbox.batch(stop):  # one receive call; backs off when empty
                 with inbox.settle(message):
                     order = helper.parse_json(message)
-                    order_id = str(order.get("order_id"))
+                    order_id = helper.app_id(order, "order_id")  # none or not a string: poison
                     if order_id in finished:
                         log.info(f"duplicate {order_id} ignored (already finished)")
                         continue

@@ -13,6 +13,7 @@ Start several to share the load (competing consumers on one stage).
 from __future__ import annotations
 
 import argparse
+import math
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,11 +23,15 @@ from patterns import helper
 def problems(order: dict[str, Any]) -> list[str]:
     """Why an order is invalid; [] if it is fine."""
     found = []
-    order_id, amount, items = order.get("order_id"), order.get("amount"), order.get("items")
-    if not isinstance(order_id, str) or not order_id.strip():
-        found.append("order_id is missing")
+    try:
+        helper.app_id(order, "order_id")  # the same rule as every consumer's: a non-empty string
+    except helper.BadMessage as error:
+        found.append(str(error))
+    amount, items = order.get("amount"), order.get("items")
     if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount > 0:
-        found.append(f"amount must be a positive number, got {amount!r}")
+        found.append(f"amount must be a positive number, got {amount!r}")  # also NaN
+    elif not math.isfinite(amount):  # 1e999 reads as infinity
+        found.append(f"amount must be a finite number, got {amount!r}")
     if not isinstance(items, list) or not items:
         found.append("items must be a non-empty list")
     return found
@@ -62,6 +67,7 @@ def main() -> int:
                 # block succeeded. If the forward fails, the order stays in the input queue.
                 with inbox.settle(message):
                     order = helper.parse_json(message)  # not JSON: to the poison queue
+                    log.info(f"took {order.get('order_id')} (attempt {message.dequeue_count})")
                     stop.sleep(args.work_seconds)
                     reasons = problems(order)
                     if reasons:
@@ -71,7 +77,8 @@ def main() -> int:
                             "rejected_at": datetime.now(timezone.utc).isoformat(),
                             "order": order,
                         }
-                        helper.send_json(rejected, record)
+                        # Never expires: it waits in queue-rejected until someone looks at it.
+                        helper.send_json(rejected, record, time_to_live=helper.NEVER_EXPIRE)
                         failed += 1
                         log.info(f"rejected {order.get('order_id')}: {'; '.join(reasons)}")
                     else:

@@ -83,10 +83,11 @@ def main() -> int:
                     break
                 with inbox[level].settle(message):  # delete on success; retry or poison
                     task = helper.parse_json(message)
-                    log.info(f"took {task.get('id')} from {level}: {task.get('text')}")
+                    task_id = helper.app_id(task)  # no usable id: a bad message, to poison
+                    log.info(f"took {task_id} from {level}: {task.get('text')}")
                     stop.sleep(args.work_seconds)  # the work; Ctrl+C interrupts it
                     done[level] += 1
-                    log.info(f"done {task.get('id')}")
+                    log.info(f"done {task_id}")
             streak = streak + len(messages) if level == args.levels[0] else 0
             # ...and back to the top: the next task is again looked for at the highest level.
 
