@@ -610,7 +610,7 @@ class Backoff:
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, with a usage error as one line like every other expected failure
-    (`error: argument --count: must be ...`, exit 2) instead of the whole usage first."""
+    (`error: argument --count: expected ...`, exit 2) instead of the whole usage first."""
 
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see --help)", file=sys.stderr, flush=True)
