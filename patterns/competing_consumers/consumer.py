@@ -12,16 +12,14 @@ consumer takes it. Ctrl+C hands the task in progress back at once.
 
 from __future__ import annotations
 
-import argparse
-
 from patterns import helper
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--queue",
-        type=helper.queue_name,
+        type=helper.consumed_queue,
         default="tasks-queue",
         help="queue to consume (default tasks-queue)",
     )

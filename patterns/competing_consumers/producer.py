@@ -10,29 +10,33 @@ Queue Storage has no batch send, so the tasks are sent concurrently (--concurren
 
 from __future__ import annotations
 
-import argparse
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 
 from patterns import helper
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--queue",
-        type=helper.queue_name,
+        type=helper.consumed_queue,
         default="tasks-queue",
         help="queue to send to (default tasks-queue)",
     )
-    parser.add_argument("--count", type=int, default=20, help="tasks to send (default 20)")
     parser.add_argument(
-        "--concurrency", type=int, default=8, help="sends in flight at once (default 8)"
+        "--count", type=helper.whole_number(least=1), default=20, help="tasks to send (default 20)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=helper.whole_number(least=1, most=64),
+        default=8,
+        help="sends in flight at once (1-64, default 8)",
     )
     parser.add_argument(
         "--failing",
-        type=int,
+        type=helper.whole_number(least=0),
         default=0,
         metavar="N",
         help="make the first N tasks fail, to watch retries and the poison queue",
@@ -44,18 +48,21 @@ def main() -> int:
     # Each task carries its own application id: the service's message id changes on every
     # copy or retry, ours does not, so consumers can report (and de-duplicate) by it.
     run_id = uuid.uuid4().hex[:8]
-    tasks = [{"id": f"task-{n:03d}-{run_id}", "n": n} for n in range(1, args.count + 1)]
-    for task in tasks[: args.failing]:
-        task["fail"] = True  # the consumer raises an error for these
+
+    def tasks() -> Iterator[dict[str, object]]:  # made one by one, as there is room to send
+        for n in range(1, args.count + 1):
+            task: dict[str, object] = {"id": f"task-{n:03d}-{run_id}", "n": n}
+            if n <= args.failing:
+                task["fail"] = True  # the consumer raises an error for these
+            yield task
 
     def send(task: dict[str, object]) -> dict[str, object]:
         helper.send_json(queue, task)
         return task
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-        for task in pool.map(send, tasks):  # results come back in order, as each send ends
-            log.info(f"sent {task['id']}")
+    for task in helper.concurrently(send, tasks(), args.concurrency):  # in order, as each ends
+        log.info(f"sent {task['id']}")
     seconds = time.perf_counter() - started
     rate = args.count / seconds if seconds else 0.0
     log.info(f"sent {args.count} tasks to '{args.queue}' in {seconds:.2f} s ({rate:.0f}/s)")

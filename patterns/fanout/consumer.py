@@ -14,13 +14,11 @@ recognised by its application id and skipped: the idempotent receiver.
 
 from __future__ import annotations
 
-import argparse
-
 from patterns import helper
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--subscriber", required=True, metavar="NAME", help="this subscriber's name, e.g. a"
     )
@@ -32,14 +30,14 @@ def main() -> int:
     )
     parser.add_argument(
         "--remember",
-        type=int,
+        type=helper.whole_number(least=1),
         default=1000,
         metavar="N",
         help="processed ids kept for de-duplication (1000)",
     )
     helper.add_consumer_arguments(parser, batch_size=1, work_seconds=1.0)
     args = parser.parse_args()
-    queue = helper.queue_name(args.prefix + args.subscriber)
+    queue = helper.queue_name(args.prefix + args.subscriber, consumed=True)
     if queue.endswith(helper.POISON_SUFFIX):
         raise helper.Fatal(f"invalid subscriber name {args.subscriber!r}: '-poison' is reserved")
     log = helper.logger(f"subscriber-{args.subscriber}")

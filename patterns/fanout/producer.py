@@ -14,7 +14,7 @@ after retries; they are named, and re-running with the same --id completes the f
 
 from __future__ import annotations
 
-import argparse
+import shlex
 import time
 import uuid
 
@@ -22,9 +22,11 @@ from azure.core.exceptions import HttpResponseError
 
 from patterns import helper
 
+DEFAULT_PREFIX = "fanout-queue-"
+
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--message",
         metavar="TEXT",
@@ -36,7 +38,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--prefix",
-        default="fanout-queue-",
+        default=DEFAULT_PREFIX,
         help="subscriber queues are named PREFIX + subscriber (default fanout-queue-)",
     )
     parser.add_argument(
@@ -46,7 +48,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--retries",
-        type=int,
+        type=helper.whole_number(least=0),
         default=3,
         metavar="N",
         help="extra rounds for queues whose send failed (3)",
@@ -59,7 +61,8 @@ def main() -> int:
     #    consumer), or every queue whose name starts with the prefix (a new subscriber only has
     #    to create its queue). A subscriber's poison queue is not a subscriber.
     if args.subscribers:
-        queues = [helper.queue_name(args.prefix + n.strip()) for n in args.subscribers.split(",")]
+        names = [args.prefix + n.strip() for n in args.subscribers.split(",")]
+        queues = [helper.queue_name(name, consumed=True) for name in names]  # all, then create
         for name in queues:
             helper.open_queue(name, log)
         log.info(f"subscribers (fixed list): {', '.join(queues)}")
@@ -67,10 +70,13 @@ def main() -> int:
         found = service.list_queues(name_starts_with=args.prefix)
         queues = [q.name for q in found if not q.name.endswith(helper.POISON_SUFFIX)]
         if not queues:
+            same_prefix = (
+                f" --prefix {shlex.quote(args.prefix)}" if args.prefix != DEFAULT_PREFIX else ""
+            )
             log.warning(
                 f"no subscriber queues named '{args.prefix}*': nobody would receive this "
                 "message, so it was not sent. Start a subscriber first: "
-                "python patterns/fanout/consumer.py --subscriber a"
+                f"python patterns/fanout/consumer.py{same_prefix} --subscriber a"
             )
             return 1
         log.info(f"subscribers (found by prefix '{args.prefix}'): {', '.join(queues)}")
@@ -80,7 +86,7 @@ def main() -> int:
     message = {"id": args.id or f"msg-{uuid.uuid4().hex[:8]}", "text": args.message}
     log.info(f"publishing {message['id']}: {args.message}")
     pending = queues
-    for attempt in range(1 + max(args.retries, 0)):
+    for attempt in range(1 + args.retries):
         if attempt:
             log.info(f"retry {attempt} of {args.retries} for: {', '.join(pending)}")
             time.sleep(attempt)  # give a struggling service a moment

@@ -10,19 +10,21 @@ in between gives a duplicate downstream, never a lost order. Start several to sh
 
 from __future__ import annotations
 
-import argparse
 from datetime import datetime, timezone
 
 from patterns import helper
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--input", type=helper.queue_name, default="queue-enrich", help="default queue-enrich"
+        "--input", type=helper.consumed_queue, default="queue-enrich", help="default queue-enrich"
     )
     parser.add_argument(
-        "--output", type=helper.queue_name, default="queue-finalize", help="default queue-finalize"
+        "--output",
+        type=helper.consumed_queue,
+        default="queue-finalize",
+        help="default queue-finalize",
     )
     helper.add_consumer_arguments(parser, work_seconds=0.0)
     args = parser.parse_args()

@@ -10,7 +10,6 @@ forward and its delete): this step recognises an order id it has already finishe
 
 from __future__ import annotations
 
-import argparse
 import json
 from datetime import datetime, timezone
 
@@ -27,9 +26,12 @@ def seconds_since(iso_time: object) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--input", type=helper.queue_name, default="queue-finalize", help="default queue-finalize"
+        "--input",
+        type=helper.consumed_queue,
+        default="queue-finalize",
+        help="default queue-finalize",
     )
     helper.add_consumer_arguments(parser)
     args = parser.parse_args()

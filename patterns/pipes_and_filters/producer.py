@@ -10,9 +10,8 @@ sent (`sent_at`) so that finalize.py can tell how long the whole pipeline took.
 
 from __future__ import annotations
 
-import argparse
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,41 +19,48 @@ from patterns import helper
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--output",
-        type=helper.queue_name,
+        type=helper.consumed_queue,
         default="queue-validate",
         help="first pipe of the pipeline (default queue-validate)",
     )
-    parser.add_argument("--count", type=int, default=1, help="orders to send (default 1)")
+    parser.add_argument(
+        "--count", type=helper.whole_number(least=1), default=1, help="orders to send (default 1)"
+    )
     parser.add_argument(
         "--invalid", action="store_true", help="also send one order that fails validation"
     )
     parser.add_argument(
-        "--concurrency", type=int, default=8, help="sends in flight at once (default 8)"
+        "--concurrency",
+        type=helper.whole_number(least=1, most=64),
+        default=8,
+        help="sends in flight at once (1-64, default 8)",
     )
     args = parser.parse_args()
     log = helper.logger("producer")
     pipe = helper.open_queue(args.output, log)
 
     run_id = uuid.uuid4().hex[:8]  # order ids are unique across runs too
-    orders: list[dict[str, Any]] = [
-        {"order_id": f"ORD-{run_id}-{n:03d}", "amount": 25000, "items": ["item-A", "item-B"]}
-        for n in range(1, args.count + 1)
-    ]
-    if args.invalid:  # amount 0: validate.py sends it to queue-rejected
-        orders.append({"order_id": f"ORD-{run_id}-bad", "amount": 0, "items": ["item-A"]})
+
+    def orders() -> Iterator[dict[str, Any]]:  # made one by one, as there is room to send
+        for n in range(1, args.count + 1):
+            order_id = f"ORD-{run_id}-{n:03d}"
+            yield {"order_id": order_id, "amount": 25000, "items": ["item-A", "item-B"]}
+        if args.invalid:  # amount 0: validate.py sends it to queue-rejected
+            yield {"order_id": f"ORD-{run_id}-bad", "amount": 0, "items": ["item-A"]}
 
     def send(order: dict[str, Any]) -> dict[str, Any]:
         order["sent_at"] = datetime.now(timezone.utc).isoformat()
         helper.send_json(pipe, order)
         return order
 
-    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-        for order in pool.map(send, orders):
-            log.info(f"sent {order['order_id']} (amount {order['amount']}) to '{args.output}'")
-    log.info(f"sent {len(orders)} order(s)")
+    sent = 0
+    for order in helper.concurrently(send, orders(), args.concurrency):
+        sent += 1
+        log.info(f"sent {order['order_id']} (amount {order['amount']}) to '{args.output}'")
+    log.info(f"sent {sent} order(s)")
     return 0
 
 

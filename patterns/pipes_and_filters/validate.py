@@ -12,7 +12,6 @@ Start several to share the load (competing consumers on one stage).
 
 from __future__ import annotations
 
-import argparse
 import math
 from datetime import datetime, timezone
 from typing import Any
@@ -38,16 +37,19 @@ def problems(order: dict[str, Any]) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--input", type=helper.queue_name, default="queue-validate", help="default queue-validate"
+        "--input",
+        type=helper.consumed_queue,
+        default="queue-validate",
+        help="default queue-validate",
     )
     parser.add_argument(
-        "--output", type=helper.queue_name, default="queue-enrich", help="default queue-enrich"
+        "--output", type=helper.consumed_queue, default="queue-enrich", help="default queue-enrich"
     )
     parser.add_argument(
         "--rejected",
-        type=helper.queue_name,
+        type=helper.any_queue,  # nobody consumes it: a learner reads it with peek
         default="queue-rejected",
         help="where invalid orders go, with the reasons (default queue-rejected)",
     )

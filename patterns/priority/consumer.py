@@ -24,12 +24,12 @@ LEVELS = ("high", "normal", "low")
 def levels(text: str) -> list[str]:
     chosen = [level.strip() for level in text.split(",")]
     if not chosen or any(level not in LEVELS for level in chosen) or len(set(chosen)) < len(chosen):
-        raise helper.Fatal(f"invalid --levels {text!r}: list some of {', '.join(LEVELS)}")
+        raise argparse.ArgumentTypeError(f"list some of {', '.join(LEVELS)}, got {text!r}")
     return chosen
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--levels",
         type=levels,
@@ -42,13 +42,15 @@ def main() -> int:
     )
     parser.add_argument(
         "--starvation-guard",
-        type=int,
+        type=helper.whole_number(least=0),
         default=0,
         metavar="N",
         help="after N top-level tasks in a row, let the next level go first once (default off)",
     )
     helper.add_consumer_arguments(parser, batch_size=1, work_seconds=1.0)
     args = parser.parse_args()
+    for level in args.levels:  # every queue's name checked before the first is created
+        helper.queue_name(f"{args.prefix}-{level}-priority", consumed=True)
     log = helper.logger("consumer")
     stop = helper.Shutdown()
     idle = helper.Backoff(maximum=args.idle_max)

@@ -12,7 +12,7 @@ Tasks are sent one after the other, in order, so the urgent ones really are sent
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import uuid
 
 from patterns import helper
@@ -21,34 +21,43 @@ LEVELS = ("high", "normal", "low")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--priority", choices=LEVELS, help="send --count tasks at this level")
     parser.add_argument(
         "--message", default="Task", metavar="TEXT", help="the task's text (with --priority)"
     )
     parser.add_argument(
-        "--count", type=int, default=1, metavar="N", help="tasks to send (with --priority)"
+        "--count",
+        type=helper.whole_number(least=1),
+        default=1,
+        metavar="N",
+        help="tasks to send (with --priority)",
     )
     parser.add_argument(
         "--prefix", default="tasks", help="queues are PREFIX-LEVEL-priority (default tasks)"
     )
     args = parser.parse_args()
+    names = {level: f"{args.prefix}-{level}-priority" for level in LEVELS}
+    for name in names.values():  # all three checked before the first is created
+        helper.queue_name(name, consumed=True)
     log = helper.logger("producer")
 
     if args.priority:
-        tasks = [(args.priority, args.message)] * args.count
+        tasks = itertools.repeat((args.priority, args.message), args.count)  # one at a time
     else:  # the hands-on's scenario: normal work first, then two urgent tasks, then more normal
         tasks = [("normal", f"Normal task {n}") for n in range(1, 6)]
         tasks += [("high", "URGENT: System alert!"), ("high", "URGENT: High value customer order!")]
         tasks += [("normal", f"Normal task {n}") for n in range(6, 11)]
 
-    queues = {level: helper.open_queue(f"{args.prefix}-{level}-priority", log) for level in LEVELS}
+    queues = {level: helper.open_queue(name, log) for level, name in names.items()}
     run_id = uuid.uuid4().hex[:8]
+    sent = 0
     for n, (level, text) in enumerate(tasks, start=1):
         task = {"id": f"task-{n:02d}-{run_id}", "priority": level, "text": text}
         helper.send_json(queues[level], task)
         log.info(f"sent {task['id']} to {level}: {text}")
-    log.info(f"sent {len(tasks)} task(s)")
+        sent += 1
+    log.info(f"sent {sent} task(s)")
     return 0
 
 

@@ -13,8 +13,6 @@ all (no usable reply address, not JSON) goes to request-queue-poison with the re
 
 from __future__ import annotations
 
-import argparse
-
 from azure.core.exceptions import ResourceNotFoundError
 
 from patterns import helper
@@ -46,9 +44,9 @@ def answer(request: dict[str, object]) -> dict[str, object]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--queue", type=helper.queue_name, default="request-queue", help="default request-queue"
+        "--queue", type=helper.consumed_queue, default="request-queue", help="default request-queue"
     )
     helper.add_consumer_arguments(parser)
     args = parser.parse_args()

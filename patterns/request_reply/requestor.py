@@ -6,45 +6,48 @@
 Creates its own reply queue, `reply-<uuid>`, sends --count requests to request-queue (each
 with its own correlation id and a time-to-live of --timeout seconds, so nobody answers it
 after we stopped waiting), then polls its reply queue and matches each reply to its request
-by correlation id. Exit 0 when every reply arrived, 1 on timeout (or an error reply). The
-reply queue is deleted on every way out: success, timeout, error, Ctrl+C.
+by correlation id. Exit 0 when every reply arrived, 1 on timeout (or an error reply), 130
+when Ctrl+C stopped it first. The reply queue is deleted on every way out: success, timeout,
+error, Ctrl+C (if the service is down by then, the warning says how to remove it later).
 """
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import math
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from patterns import helper
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--queue", type=helper.queue_name, default="request-queue", help="default request-queue"
+        "--queue", type=helper.consumed_queue, default="request-queue", help="default request-queue"
     )
-    parser.add_argument("--count", type=int, default=1, help="requests to send (default 1)")
+    parser.add_argument(
+        "--count", type=helper.whole_number(least=1), default=1, help="requests to send (default 1)"
+    )
     parser.add_argument(
         "--payload", default="hello world", help='what to ask (default "hello world")'
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=helper.seconds(above=0, most=7 * 24 * 3600),
         default=30.0,
         metavar="SECONDS",
         help="how long to wait for the replies; also the requests' time-to-live (default 30)",
     )
     parser.add_argument(
-        "--concurrency", type=int, default=8, help="sends in flight at once (default 8)"
+        "--concurrency",
+        type=helper.whole_number(least=1, most=64),
+        default=8,
+        help="sends in flight at once (1-64, default 8)",
     )
     args = parser.parse_args()
-    if args.count < 1 or args.timeout <= 0:
-        raise helper.Fatal("--count and --timeout must be positive")
     log = helper.logger("requestor")
     stop = helper.Shutdown()
     requests = helper.open_queue(args.queue, log)
@@ -52,23 +55,26 @@ def main() -> int:
     reply_queue = f"reply-{uuid.uuid4()}"  # ours alone: no one else's replies land in it
     replies = helper.Inbox(reply_queue, log)
     try:
-        numbers = range(1, args.count + 1)  # several requests: "hello world 1", "... 2", ...
-        payloads = [args.payload if args.count == 1 else f"{args.payload} {n}" for n in numbers]
         pending: dict[str, tuple[int, float]] = {}  # correlation id -> (request number, sent)
         ttl = max(1, math.ceil(args.timeout))  # an unanswered request expires with our wait
         started = time.monotonic()
+
+        def payload(n: int) -> str:  # several requests: "hello world 1", "... 2", ...
+            return args.payload if args.count == 1 else f"{args.payload} {n}"
 
         def send(n: int) -> str:
             correlation_id = str(uuid.uuid4())
             request = {"correlation_id": correlation_id, "reply_to": reply_queue}
             pending[correlation_id] = (n, time.monotonic())
-            helper.send_json(requests, {**request, "payload": payloads[n - 1]}, time_to_live=ttl)
+            helper.send_json(requests, {**request, "payload": payload(n)}, time_to_live=ttl)
             return correlation_id
 
-        with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-            for n, correlation_id in enumerate(pool.map(send, numbers), 1):
-                log.info(f"sent request {n} ({correlation_id}): {payloads[n - 1]!r}")
-        log.info(f"waiting up to {args.timeout:g} s for {args.count} reply(ies) on '{reply_queue}'")
+        # Made one by one as there is room to send; Ctrl+C stops the sending too.
+        numbers = itertools.takewhile(lambda n: not stop.requested, range(1, args.count + 1))
+        for n, correlation_id in enumerate(helper.concurrently(send, numbers, args.concurrency), 1):
+            log.info(f"sent request {n} ({correlation_id}): {payload(n)!r}")
+        asked = len(pending)  # all of them, unless Ctrl+C stopped the sending
+        log.info(f"waiting up to {args.timeout:g} s for {asked} reply(ies) on '{reply_queue}'")
 
         idle = helper.Backoff(initial=0.02, maximum=0.1)  # short polls: someone is waiting
         errors = strays = 0
@@ -98,9 +104,10 @@ def main() -> int:
                 else:
                     log.info(f"reply to request {n}: {reply.get('result')!r} after {ms:.0f} ms")
 
-        if stop.requested:
-            log.info(f"stopped by Ctrl+C with {len(pending)} reply(ies) still missing")
-            return 0
+        missing = len(pending) + args.count - asked
+        if stop.requested and missing:  # interrupted before the job was done
+            log.info(f"stopped by Ctrl+C with {missing} reply(ies) still missing")
+            return 130
         for correlation_id, (n, _) in sorted(pending.items(), key=lambda item: item[1]):
             log.warning(f"no reply to request {n} ({correlation_id})")
         if pending:
@@ -116,8 +123,12 @@ def main() -> int:
             log.info(f"deleted reply queue '{reply_queue}'")
         except ResourceNotFoundError:
             pass
-        except helper.UNREACHABLE:
-            log.warning(f"could not delete reply queue '{reply_queue}': service unreachable")
+        except (HttpResponseError, *helper.UNREACHABLE) as error:  # say how to remove it
+            why = "service unreachable" if isinstance(error, helper.UNREACHABLE) else error.reason
+            log.warning(
+                f"could not delete reply queue '{reply_queue}' ({why}); it is left over: "
+                f"remove it later with python patterns/tools/cleanup.py --prefix {reply_queue}"
+            )
 
 
 if __name__ == "__main__":

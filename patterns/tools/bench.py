@@ -9,7 +9,6 @@ targets are in DESIGN.md (producer and consumer >= 0.8 of the raw ceiling, the s
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -22,7 +21,7 @@ from pathlib import Path
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from patterns.emulator import Azurite
-from patterns.helper import CONNECTION_STRING_VAR, run
+from patterns.helper import CONNECTION_STRING_VAR, ArgumentParser, run, whole_number
 from patterns.tools.runner import Proc
 
 PRODUCER = "patterns.competing_consumers.producer"
@@ -142,8 +141,10 @@ def _requests(azurite: Azurite, queue: str) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--count", type=int, default=1000, help="messages per throughput run")
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--count", type=whole_number(least=1), default=1000, help="messages per throughput run"
+    )
     parser.add_argument("--skip-seed", action="store_true", help="skip the 14 s seed scenario")
     args = parser.parse_args()
     rows: list[tuple[str, str, str]] = []

@@ -11,7 +11,6 @@ flows through the same queues.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -26,7 +25,15 @@ from pathlib import Path
 from azure.storage.queue import QueueServiceClient
 
 from patterns.emulator import Azurite
-from patterns.helper import CONNECTION_STRING_VAR, Backoff, Shutdown, run
+from patterns.helper import (
+    CONNECTION_STRING_VAR,
+    IDLE_MAX,
+    ArgumentParser,
+    Backoff,
+    Shutdown,
+    run,
+    whole_number,
+)
 from patterns.tools.runner import Proc
 
 
@@ -145,14 +152,18 @@ def round_trips(env: dict[str, str], client: QueueServiceClient, samples: int, *
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--samples", type=int, default=20, help="idle samples (busy: 3x)")
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--samples", type=whole_number(least=1), default=20, help="idle samples (busy: 3x)"
+    )
     parser.add_argument(
         "--only", choices=("pipeline", "request-reply"), help="measure just one pattern"
     )
-    parser.add_argument("--idle-max", help="passed to the filters and the replier")
+    parser.add_argument(
+        "--idle-max", type=IDLE_MAX, metavar="SECONDS", help="passed to the filters and the replier"
+    )
     args = parser.parse_args()
-    opts = ("--idle-max", args.idle_max) if args.idle_max else ()
+    opts = ("--idle-max", f"{args.idle_max:g}") if args.idle_max else ()
     with tempfile.TemporaryDirectory() as tmp, Azurite(log_path=Path(tmp) / "az.log") as az:
         env = {**os.environ, CONNECTION_STRING_VAR: az.connection_string}
         client = QueueServiceClient.from_connection_string(az.connection_string)

@@ -11,7 +11,6 @@ is left alone. Deleting a queue deletes its messages.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -21,7 +20,7 @@ from patterns.tools.queues import classify, sort_key
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--yes", "-y", action="store_true", help="delete without asking")
     parser.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     parser.add_argument(

@@ -8,7 +8,6 @@ prefixed with the script's role. Exit 0 only if every pattern passed its check.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -24,7 +23,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
 from patterns.emulator import Azurite
-from patterns.helper import CONNECTION_STRING_VAR, Fatal, run
+from patterns.helper import CONNECTION_STRING_VAR, ArgumentParser, Fatal, run
 from patterns.tools.runner import Proc, stop_all
 
 _print_lock = threading.Lock()
@@ -279,7 +278,7 @@ def print_summary(rows: list[Row]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--only", choices=sorted(SCENARIOS), action="append", help="run just these patterns"
     )

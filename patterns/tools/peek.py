@@ -10,7 +10,6 @@ JSON bodies are pretty-printed; a poison record's `body` is unpacked too.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 from typing import Any
@@ -19,13 +18,6 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueMessage
 
 from patterns import helper
-
-
-def count(text: str) -> int:
-    n = int(text)
-    if not 1 <= n <= helper.MAX_BATCH:
-        raise argparse.ArgumentTypeError(f"must be 1-{helper.MAX_BATCH}")
-    return n
 
 
 def pretty(text: str) -> str:
@@ -51,12 +43,12 @@ def describe(n: int, message: QueueMessage) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("queue", type=helper.queue_name, help="queue to look into")
+    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("queue", type=helper.any_queue, help="queue to look into")
     parser.add_argument(
         "-n",
         "--count",
-        type=count,
+        type=helper.whole_number(least=1, most=helper.MAX_BATCH),
         default=1,
         metavar="N",
         help=f"how many messages to show (1-{helper.MAX_BATCH}, default 1)",

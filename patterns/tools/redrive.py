@@ -12,7 +12,6 @@ message is in both queues.
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
@@ -50,28 +49,21 @@ def label(body: str, message: QueueMessage) -> str:
     return f"message {message.id}"
 
 
-def positive(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return n
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "queue", type=helper.queue_name, help="the queue to refill from QUEUE-poison"
+        "queue", type=helper.consumed_queue, help="the queue to refill from QUEUE-poison"
     )
     parser.add_argument(
         "--count",
-        type=positive,
+        type=helper.whole_number(least=1),
         default=None,
         metavar="N",
         help="move at most N messages (default: all that are in the poison queue now)",
     )
     args = parser.parse_args()
     log = helper.logger("redrive")
-    poison_name = helper.queue_name(args.queue + helper.POISON_SUFFIX)
+    poison_name = args.queue + helper.POISON_SUFFIX
     poison = helper.service(log).get_queue_client(poison_name)
     try:
         waiting = poison.get_queue_properties().approximate_message_count

@@ -98,7 +98,7 @@ def render(table: list[Row], endpoint: str, prefix: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--watch", action="store_true", help="redraw every second until Ctrl+C")
     parser.add_argument(
         "--prefix",
@@ -107,7 +107,11 @@ def main() -> int:
         help="only queues whose names start with TEXT (tutorial names may follow it)",
     )
     parser.add_argument(
-        "--interval", type=float, default=1.0, metavar="SECONDS", help=argparse.SUPPRESS
+        "--interval",
+        type=helper.seconds(least=0.1, most=3600),
+        default=1.0,
+        metavar="SECONDS",
+        help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
     log = helper.logger("status")

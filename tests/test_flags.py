@@ -1,0 +1,291 @@
+"""Every checked flag of every script, refused before the script talks to anyone.
+
+One table: each numeric flag with values just outside its range (and one that is no number),
+each queue flag with a name its consumers could not use. A bad value must give one line on
+stderr that names the flag, exit 2, no traceback - and not one connection to the service:
+each run points the script at a socket of its own that listens and never answers, and the
+test checks that nobody knocked. A second test keeps the table complete: every flag a
+script's parser checks must have a row here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from conftest import assert_refused, message_count, run_script
+
+from patterns import helper
+from patterns.emulator import ROOT
+
+CONSUMED = "q" * 57  # a valid queue name, but one too long for its -poison queue (64 > 63)
+
+
+class Case(NamedTuple):
+    module: str
+    flag: str  # "--count", or the name of a positional argument ("queue")
+    value: str
+    before: tuple[str, ...] = ()  # what the script needs besides (required options)
+
+    @property
+    def argv(self) -> list[str]:
+        given = [self.value] if not self.flag.startswith("-") else [self.flag, self.value]
+        return [*self.before, *given]
+
+    @property
+    def id(self) -> str:
+        return f"{self.module.removeprefix('patterns.')} {self.flag} {self.value[:12]}"
+
+
+def consumer_flags(module: str, *before: str, work: bool = True) -> list[Case]:
+    """The options of helper.add_consumer_arguments, out of range."""
+    rows = [
+        ("--batch-size", "0"),
+        ("--batch-size", "33"),
+        ("--visibility-timeout", "0"),
+        ("--visibility-timeout", "604801"),
+        ("--visibility-timeout", "1.5"),
+        ("--max-attempts", "0"),
+        ("--idle-max", "0"),  # was a hot loop
+        ("--idle-max", "61"),
+    ]
+    if work:
+        rows += [("--work-seconds", "-1"), ("--work-seconds", "nan"), ("--work-seconds", "3601")]
+    return [Case(module, flag, value, before) for flag, value in rows]
+
+
+CC, FO, PR, PF, RR, TOOLS = (
+    "patterns.competing_consumers",
+    "patterns.fanout",
+    "patterns.priority",
+    "patterns.pipes_and_filters",
+    "patterns.request_reply",
+    "patterns.tools",
+)
+SUBSCRIBER = ("--subscriber", "a")
+
+CASES: list[Case] = [
+    Case(f"{CC}.producer", "--queue", CONSUMED),
+    Case(f"{CC}.producer", "--count", "-1"),  # was "sent -1 tasks (-26917/s)", exit 0
+    Case(f"{CC}.producer", "--count", "0"),
+    Case(f"{CC}.producer", "--count", "ten"),
+    Case(f"{CC}.producer", "--concurrency", "0"),  # was a traceback
+    Case(f"{CC}.producer", "--concurrency", "65"),
+    Case(f"{CC}.producer", "--failing", "-1"),
+    Case(f"{CC}.consumer", "--queue", CONSUMED),
+    Case(f"{CC}.consumer", "--queue", "Bad_Name"),
+    *consumer_flags(f"{CC}.consumer"),
+    Case(f"{FO}.producer", "--retries", "-1"),
+    Case(f"{FO}.consumer", "--remember", "0", SUBSCRIBER),
+    *consumer_flags(f"{FO}.consumer", *SUBSCRIBER),
+    Case(f"{PR}.producer", "--count", "0"),
+    Case(f"{PR}.producer", "--priority", "urgent"),
+    Case(f"{PR}.consumer", "--starvation-guard", "-1"),
+    Case(f"{PR}.consumer", "--levels", "high,urgent"),
+    *consumer_flags(f"{PR}.consumer"),
+    Case(f"{PF}.producer", "--output", CONSUMED),
+    Case(f"{PF}.producer", "--count", "0"),
+    Case(f"{PF}.producer", "--concurrency", "0"),
+    Case(f"{PF}.validate", "--input", CONSUMED),
+    Case(f"{PF}.validate", "--output", CONSUMED),
+    Case(f"{PF}.validate", "--rejected", "queue_rejected"),
+    *consumer_flags(f"{PF}.validate"),
+    Case(f"{PF}.enrich", "--input", CONSUMED),
+    Case(f"{PF}.enrich", "--output", CONSUMED),
+    *consumer_flags(f"{PF}.enrich"),
+    Case(f"{PF}.finalize", "--input", CONSUMED),
+    *consumer_flags(f"{PF}.finalize", work=False),
+    Case(f"{RR}.requestor", "--queue", CONSUMED),
+    Case(f"{RR}.requestor", "--count", "0"),
+    Case(f"{RR}.requestor", "--timeout", "0"),
+    Case(f"{RR}.requestor", "--timeout", "inf"),
+    Case(f"{RR}.requestor", "--timeout", "604801"),
+    Case(f"{RR}.requestor", "--concurrency", "0"),
+    Case(f"{RR}.replier", "--queue", CONSUMED),
+    *consumer_flags(f"{RR}.replier", work=False),
+    Case(f"{TOOLS}.peek", "queue", "Bad_Name"),
+    Case(f"{TOOLS}.peek", "--count", "0", ("tasks-queue",)),
+    Case(f"{TOOLS}.peek", "--count", "33", ("tasks-queue",)),
+    Case(f"{TOOLS}.redrive", "queue", CONSUMED),
+    Case(f"{TOOLS}.redrive", "--count", "0", ("tasks-queue",)),
+    Case(f"{TOOLS}.status", "--interval", "0"),
+    Case(f"{TOOLS}.bench", "--count", "0"),
+    Case(f"{TOOLS}.bench_latency", "--samples", "0"),
+    Case(f"{TOOLS}.bench_latency", "--idle-max", "0"),
+    Case(f"{TOOLS}.bench_latency", "--only", "fanout"),
+    Case(f"{TOOLS}.demo", "--only", "nothing"),
+    Case("patterns.emulator", "--port", "0"),
+    Case("patterns.emulator", "--port", "65536"),
+]
+
+
+class Outcome(NamedTuple):
+    result: subprocess.CompletedProcess[str]
+    knocked: bool  # did the script open a connection to its "service"?
+
+
+def run_against_a_silent_service(case: Case) -> Outcome:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        env = {
+            **os.environ,
+            helper.CONNECTION_STRING_VAR: helper.azurite_connection_string(server.getsockname()[1]),
+        }
+        result = subprocess.run(
+            [sys.executable, "-u", "-m", case.module, *case.argv],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        server.setblocking(False)
+        try:
+            server.accept()[0].close()
+        except BlockingIOError:
+            return Outcome(result, knocked=False)
+        return Outcome(result, knocked=True)
+
+
+@cache
+def outcomes() -> dict[Case, Outcome]:
+    """Every row run once, a few at a time (each is a Python start-up, nothing more)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(CASES, pool.map(run_against_a_silent_service, CASES), strict=True))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_a_bad_value_is_one_line_naming_the_flag_before_any_request(case):
+    result, knocked = outcomes()[case]
+    assert result.returncode == 2, result
+    assert not knocked, f"{case.id}: the script connected to the service before refusing"
+    stderr = result.stderr.strip()
+    assert stderr.splitlines() == [stderr], stderr  # one line, not a usage block
+    assert re.match(rf"error: argument (-\w/)?{case.flag}: ", stderr), stderr  # -n/--count
+    assert repr(case.value) in stderr or case.value in stderr, stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stdout == ""
+
+
+class Parsed(Exception):
+    """Raised instead of parsing, carrying the script's parser."""
+
+
+def scripts() -> list[str]:
+    files = [
+        path
+        for path in (ROOT / "patterns").rglob("*.py")
+        if '__name__ == "__main__"' in path.read_text()
+    ]
+    return sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in files)
+
+
+def checked_flags(module: str, monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The flags whose value a script's parser checks (every argument with a `type=`)."""
+
+    def capture(self: helper.ArgumentParser, *args: object, **kwargs: object) -> None:
+        raise Parsed(self)
+
+    monkeypatch.setattr(helper.ArgumentParser, "parse_args", capture)
+    with pytest.raises(Parsed) as parsed:
+        importlib.import_module(module).main()
+    parser = parsed.value.args[0]
+    found = set()
+    for action in parser._actions:
+        assert action.type not in (int, float), f"{module}: {action.dest} is an unchecked number"
+        if action.type not in (None, Path) or action.choices:
+            found.add(action.option_strings[-1] if action.option_strings else action.dest)
+    return found
+
+
+@pytest.mark.parametrize("module", scripts())
+def test_every_checked_flag_of_every_script_is_in_the_table(module, monkeypatch):
+    in_table = {case.flag for case in CASES if case.module == module}
+    assert checked_flags(module, monkeypatch) <= in_table
+
+
+def test_a_consumed_queue_name_may_be_56_characters_not_57():
+    assert helper.queue_name("q" * 56, consumed=True)
+    helper.queue_name("q" * 57)  # any queue: fine
+    with pytest.raises(helper.Fatal, match="at most 56"):
+        helper.queue_name("q" * 57, consumed=True)
+
+
+# --- one rule for queues that are consumed (producers and consumers alike) ------------------
+
+
+def stretch(name: str, length: int) -> str:
+    """`name`, made exactly `length` characters long (still unique, still valid)."""
+    return (name + "-" + "x" * length)[:length]
+
+
+def test_a_56_character_queue_works_end_to_end_poison_queue_and_all(start, env, service, qname):
+    name = stretch(qname, 56)
+    produced = run_script(
+        "patterns.competing_consumers.producer", "--queue", name, "--count", "2", "--failing", "1",
+        env=env,
+    )  # fmt: skip
+    assert produced.returncode == 0, produced.stderr
+    consumer = start(
+        "patterns.competing_consumers.consumer",
+        *("--queue", name, "--work-seconds", "0", "--max-attempts", "1"),
+    )
+    consumer.wait_for(rf"moved message .* to '{name}-poison'")
+    consumer.wait_for(r"done task-002-")
+    assert consumer.stop() == 0
+    assert message_count(service, name + "-poison") == 1  # a 63-character poison queue
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "too_long"),
+    [
+        # 41 + "-normal-priority" = 57; "-high-priority" (55) alone would have been created
+        ("patterns.priority.producer", ["--priority", "high"], "{p}-normal-priority"),
+        ("patterns.priority.consumer", [], "{p}-normal-priority"),
+        (
+            "patterns.fanout.producer",
+            ["--subscribers", "a,bbbbbbbbbbbbbbbb"],
+            "{p}bbbbbbbbbbbbbbbb",
+        ),
+        ("patterns.fanout.consumer", ["--subscriber", "bbbbbbbbbbbbbbbb"], "{p}bbbbbbbbbbbbbbbb"),
+    ],
+)
+def test_composed_queue_names_follow_the_same_rule_and_nothing_is_created(
+    env, service, qname, module, args, too_long
+):
+    prefix = stretch(qname, 41)
+    result = run_script(module, "--prefix", prefix, *args, env=env)
+    assert_refused(result, f"queue name '{too_long.format(p=prefix)}' is 57 characters")
+    assert list(service.list_queues(name_starts_with=prefix)) == []
+
+
+# --- a huge --count is made as it is sent, never built first --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [
+        ("patterns.competing_consumers.producer", ["--queue", "{q}"]),
+        ("patterns.pipes_and_filters.producer", ["--output", "{q}"]),
+        ("patterns.priority.producer", ["--prefix", "{q}", "--priority", "low"]),
+        ("patterns.request_reply.requestor", ["--queue", "{q}"]),
+    ],
+)
+def test_a_billion_tasks_start_at_once_in_little_memory_and_ctrl_c_stops_them(
+    start, qname, module, args
+):
+    producer = start(module, "--count", str(10**9), *(a.format(q=qname) for a in args))
+    producer.wait_for(r"\] sent (task-200-|ORD-\w+-200 |request 200 )", timeout=30)
+    status = Path(f"/proc/{producer.pid}/status").read_text()
+    rss_kib = int(re.search(r"VmRSS:\s+(\d+)", status)[1])
+    assert rss_kib < 150_000, f"{rss_kib} KiB after 200 sends"
+    producer.send_signal(signal.SIGINT)
+    assert producer.wait(15) == 130  # interrupted: the job was not done
+    assert "Traceback" not in producer.text
