@@ -3,6 +3,7 @@
 For the walkthrough, in a terminal of its own (port 10001, data kept in .azurite/):
 
     make emulator                 # or: python -m patterns.emulator
+    make emulator ARGS="--port 10002"   # another port: it prints what the scripts need
 
 Ctrl+C stops it. The tests and the demo use the same code as a context manager, in memory, on
 a free port:
@@ -300,7 +301,10 @@ def main() -> int:
         description="Run Azurite (queue service) in the foreground for the walkthrough.",
     )
     parser.add_argument(
-        "--port", type=whole_number(least=1, most=65535), default=AZURITE_PORT, help="default 10001"
+        "--port",
+        type=whole_number(least=1, most=65535),
+        default=AZURITE_PORT,
+        help="default 10001; on another port it prints the line that points the scripts at it",
     )
     parser.add_argument(
         "--location", type=Path, default=ROOT / ".azurite", help="data folder (default .azurite/)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import logging
 import math
@@ -147,17 +148,20 @@ def load_settings(
 def read_dotenv(path: str | Path) -> tuple[dict[str, str], list[str]]:
     """A .env file's variables, and a note for each line that does not parse. The notes name
     the line by number only: its text may hold a key."""
+    try:
+        content = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as error:
+        return {}, [f"{path} cannot be read ({error.strerror}): ignored"]
     values: dict[str, str] = {}
     notes: list[str] = []
-    with open(path, encoding="utf-8", errors="replace") as stream:
-        for binding in parse_stream(stream):
-            text = binding.original.string
-            # A statement starts after the blank lines before it: count to its text.
-            line = binding.original.line + text[: len(text) - len(text.lstrip())].count("\n")
-            if binding.error:
-                notes.append(f"{path} line {line} is unreadable (expected NAME=value): ignored")
-            elif binding.key is not None:
-                values[binding.key] = binding.value or ""
+    for binding in parse_stream(io.StringIO(content)):
+        text = binding.original.string
+        # A statement starts after the blank lines before it: count to its text.
+        line = binding.original.line + text[: len(text) - len(text.lstrip())].count("\n")
+        if binding.error:
+            notes.append(f"{path} line {line} is unreadable (expected NAME=value): ignored")
+        elif binding.key is not None:
+            values[binding.key] = binding.value or ""
     return values, notes
 
 
@@ -303,9 +307,9 @@ READ_TIMEOUT = 5
 
 class _Retry(LinearRetry):
     """The SDK's linear retry, short (3 retries 0.5 s apart, a read timeout retried once),
-    plus a start-up probe: the process's first request is not retried and its answer must
-    come from a queue service. So a script whose endpoint is down, hung or something else
-    says so within seconds, and the probe costs no request of its own."""
+    plus a start-up probe: the process's first request is not retried when nothing answers
+    in time, and its answer must come from a queue service. So a script whose endpoint is
+    down, hung or something else says so within seconds, and the probe costs no request."""
 
     def __init__(self) -> None:
         super().__init__(backoff=0.5, random_jitter_range=0.2, retry_total=3, retry_read=1)
@@ -314,7 +318,7 @@ class _Retry(LinearRetry):
     def send(self, request: Any) -> Any:
         if self.probed:
             return super().send(request)
-        request.context.options["retry_total"] = 0
+        request.context.options.update(retry_connect=0, retry_read=0)  # 5xx: retried as usual
         response = super().send(request)
         answer = response.http_response
         if "x-ms-request-id" not in answer.headers:  # every Azure Storage answer has one
@@ -656,6 +660,7 @@ class Inbox:
         self._poison: QueueClient | None = None
         self._held: dict[str, QueueMessage] = {}
         self._undeliverable = False  # warned about a message the service cannot hand out?
+        self._one_by_one_until = 0.0  # receive single messages until then (see receive())
 
     @classmethod
     def from_args(cls, name: str, log: logging.Logger, args: Any) -> Inbox:
@@ -697,6 +702,8 @@ class Inbox:
     def receive(self, max_messages: int = 1) -> list[QueueMessage]:
         """One receive call for up to `max_messages` (1-32). [] on empty queue or outage."""
         failed: list[str] = []  # 5xx answers within this call that the SDK retried away
+        if time.monotonic() < self._one_by_one_until:
+            max_messages = 1  # a message the service cannot hand out fails only itself
 
         def note(response: Any) -> None:  # called for every try, retries included
             answer = response.http_response
@@ -723,21 +730,27 @@ class Inbox:
         except Exception as error:
             if not is_outage(error):
                 raise
+            if isinstance(error, HttpResponseError):
+                self._one_by_one_until = time.monotonic() + 2 * self.visibility_timeout
             _outage.begin(self.log, error)
             return []
         _outage.end(self.log)
-        if failed and not self._undeliverable:
+        if failed:
             # Seen with Azurite: a message holding a character XML does not allow (e.g. a raw
             # \x00 sent by another client) is taken - hidden, dequeue count + 1 - but the
-            # answer that would carry it fails. No one ever gets its pop receipt.
-            self._undeliverable = True
-            self.log.warning(
-                f"a receive from '{self.name}' got {failed[0]} and worked when retried: the "
-                "service holds a message it cannot hand out (Azurite: one with a character "
-                "XML forbids, e.g. \\x00). No one can receive or delete it; it comes back every "
-                f"{self.visibility_timeout} s until it expires. Other messages are still served "
-                "(warned once)"
-            )
+            # answer that would carry it fails, and with it every message taken alongside.
+            # No one ever gets its pop receipt. While this recurs, take one message per call.
+            self._one_by_one_until = time.monotonic() + 2 * self.visibility_timeout
+            if not self._undeliverable:
+                self._undeliverable = True
+                self.log.warning(
+                    f"a receive from '{self.name}' got {failed[0]} and worked when retried: "
+                    "the service holds a message it cannot hand out (Azurite: one with a "
+                    "character XML forbids, e.g. \\x00). No one can receive or delete it; it "
+                    f"comes back every {self.visibility_timeout} s until it expires. Receiving "
+                    "one message at a time meanwhile, so the others are still served (warned "
+                    "once)"
+                )
         for message in messages:
             self._held[message.id] = message
         return messages
@@ -805,7 +818,7 @@ class Inbox:
             if is_outage(error):
                 _outage.begin(self.log, error)
             self.log.warning(
-                f"could not delete {describe(message)} ({_in_short(error)}); "
+                f"could not delete {describe(message)}: {_in_short(error)}; "
                 "it will be delivered again"
             )
 
@@ -843,7 +856,7 @@ class Inbox:
             if is_outage(error):
                 _outage.begin(self.log, error)
             self.log.warning(
-                f"could not move {describe(message)} to poison ({_in_short(error)}); "
+                f"could not move {describe(message)} to poison: {_in_short(error)}; "
                 "it will come back"
             )
             return
@@ -900,8 +913,8 @@ class _VisibilityKeeper:
                 _outage.begin(self.log, error)  # try again at the next renewal
                 return True
             self.log.warning(
-                f"could not extend the visibility timeout of {describe(message)} "
-                f"({_in_short(error)}); another consumer may take it"
+                f"could not extend the visibility timeout of {describe(message)}: "
+                f"{_in_short(error)}; another consumer may take it"
             )
             return not _not_ours(error)
         return True
@@ -959,7 +972,7 @@ class Backoff:
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, with a usage error as one line like every other expected failure
-    (`error: argument --count: must be ...`, exit 2) instead of the whole usage first."""
+    (`error: argument --count: expected ...`, exit 2) instead of the whole usage first."""
 
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see --help)", file=sys.stderr, flush=True)

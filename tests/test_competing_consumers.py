@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 
 from azure.storage.queue import QueueClient
 from conftest import assert_refused, message_count, peek_bodies, requests_logged, run_script
@@ -185,3 +186,84 @@ def test_consumer_rides_out_an_emulator_restart(tmp_path, qname):
             assert "Traceback" not in consumer.text
         finally:
             consumer.kill()
+
+
+def test_messages_that_cannot_succeed_go_to_poison_at_once(start, service, qname):
+    """Issue 10 item 5: retrying cannot help a body nested 30,000 deep or an id of the wrong
+    type, so they are poisoned on their first delivery, with the reason, not after 5."""
+    consumer = start(
+        CONSUMER, "--queue", qname, "--work-seconds", "0",
+        "--visibility-timeout", "1", "--max-attempts", "5",
+    )  # fmt: skip
+    consumer.wait_for("waiting for tasks")
+    deep = '{"id": "deep", "x": ' + "[" * 30_000 + "]" * 30_000 + "}"
+    send(service, qname, deep)
+    send(service, qname, {"id": 7})
+    send(service, qname, {"id": ["task-1"]})
+    send(service, qname, {"id": "fine"})
+    consumer.wait_for("done fine")
+    consumer.wait_for(r"moved message .* to '.*-poison'", count=3)
+
+    records = {p["body"][:20]: p for p in map(json.loads, peek_bodies(service, f"{qname}-poison"))}
+    assert records[deep[:20]]["reason"] == "JSON nested too deeply to read"
+    assert records['{"id": 7}']["reason"].startswith("id must be a non-empty string")
+    assert records['{"id": ["task-1"]}']["reason"].endswith('got ["task-1"]')
+    assert [r["dequeue_count"] for r in records.values()] == [1, 1, 1]
+    assert not consumer.matches("attempt 1 of 5 failed")
+    assert message_count(service, qname) == 0
+    assert consumer.stop() == 0
+
+
+def test_log_lines_name_the_application_id_beside_the_message_id(start, service, qname):
+    """Issue 10 item 16: release, failed attempt and poison lines show the task's own id."""
+    consumer = start(
+        CONSUMER, "--queue", qname, "--work-seconds", "60",
+        "--visibility-timeout", "1", "--max-attempts", "2",
+    )  # fmt: skip
+    consumer.wait_for("waiting for tasks")
+    send(service, qname, {"id": "fails-twice", "fail": True})
+    consumer.wait_for(
+        r"attempt 1 of 2 failed for message [0-9a-f-]+ \(id fails-twice\): "
+        r"RuntimeError: the task asked to fail; it will be retried"
+    )
+    consumer.wait_for(
+        rf"moved message [0-9a-f-]+ \(id fails-twice\) to '{qname}-poison': failed 2 times"
+    )
+    send(service, qname, {"id": "held"})
+    consumer.wait_for("took held")
+    consumer.send_signal(signal.SIGINT)
+    assert consumer.wait(10) == 0
+    assert consumer.matches(rf"released message [0-9a-f-]+ \(id held\) back to '{qname}'")
+
+
+def test_a_message_the_service_cannot_hand_out_is_reported_once(start, azurite, service, qname):
+    """Issue 10 item 12. A raw \\x00 (sent by a plain SDK client, not by our scripts) is stored
+    by Azurite, but every receive that takes it answers 500: the message is hidden and its
+    dequeue count goes up, yet the answer carrying it fails, so no one gets its pop receipt
+    and it can be neither processed nor deleted. The consumer warns once and goes on."""
+    service.create_queue(qname)
+    send(service, qname, '{"id": "raw-\x00"}')
+    for n in range(3):  # taken in the same batch as the bad one, they fail with it at first
+        send(service, qname, {"id": f"beside-{n}"})
+    consumer = start(
+        CONSUMER, "--queue", qname, "--work-seconds", "0",
+        "--visibility-timeout", "1", "--batch-size", "32",
+    )  # fmt: skip
+    consumer.wait_for("a receive from .* got 500 .* cannot hand out", timeout=20)
+    for n in range(3):
+        consumer.wait_for(f"done beside-{n}", timeout=20)
+
+    def failed_receives() -> int:
+        log = Path(azurite.log_path).read_text(errors="replace").splitlines()
+        return sum(1 for line in log if f"/{qname}/messages?" in line and '" 500 ' in line)
+
+    deadline = time.monotonic() + 20
+    while failed_receives() < 3:  # it keeps coming back (every visibility timeout)
+        assert time.monotonic() < deadline, "the message did not come back"
+        time.sleep(0.2)
+    send(service, qname, {"id": "still-served"})
+    consumer.wait_for("done still-served")
+    assert len(consumer.matches("cannot hand out")) == 1, "warned once"
+    assert consumer.matches(r"\(warned once\)$")
+    assert consumer.stop() == 0
+    assert "Traceback" not in consumer.text

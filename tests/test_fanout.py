@@ -214,6 +214,37 @@ def test_failed_sends_are_retried_then_named_with_exit_1(
         assert "Re-run with --id order-1" in lines[-1]
 
 
+def test_ids_must_be_non_empty_strings_and_are_never_duplicates_of_each_other(
+    subscribe, service, prefix
+):
+    """Issue 10 item 3: two messages without an id (or with a null one) are not the same
+    message, and 7 is not "7": only a non-empty string is an id; the rest go to poison."""
+    a = subscribe("a")
+    inbox = service.get_queue_client(prefix + "a")
+    bad = [{"text": "one"}, {"text": "two"}, {"id": None}, {"id": None}, {"id": 7}, {"id": ""}]
+    for body in [*bad, {"id": "7", "text": "the string"}]:
+        inbox.send_message(json.dumps(body))
+    a.wait_for("done 7")
+    a.wait_for(rf"moved message .* to '{prefix}a-poison'", count=len(bad))
+    assert not a.matches("skipped"), "no message without an id is anyone's duplicate"
+    poisoned = [json.loads(b) for b in peek_bodies(service, f"{prefix}a-poison")]
+    assert sorted(p["body"] for p in poisoned) == sorted(json.dumps(body) for body in bad)
+    assert {p["reason"].split(",")[0] for p in poisoned} == {
+        "id is missing",
+        "id must be a non-empty string of printable characters",
+    }
+    assert a.stop() == 0
+    assert "processed 1 message(s), skipped 0 duplicate(s)" in a.text
+
+
+def test_a_message_too_big_is_refused_by_the_producer_with_one_line(env, service, prefix):
+    """Issue 10 item 5, the producer's side: what a consumer poisons, a producer refuses
+    before sending, in one line with exit 2, as before."""
+    result = publish(env, prefix, "--subscribers", "a", "--message", "x" * 70_000)
+    assert_refused(result, "a queue message can hold at most 64 KiB")
+    assert message_count(service, prefix + "a") == 0
+
+
 def test_no_subscriber_hint_is_a_command_that_subscribes_under_the_prefix_in_use(
     start, env, prefix
 ):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from patterns import helper
@@ -195,3 +197,65 @@ def test_the_endpoint_is_shown_without_sas_token_or_trailing_slash(monkeypatch):
     message = helper.unreachable_message(ConnectionError())
     assert "http://127.0.0.1:9/devstoreaccount1 - is the emulator running?" in message
     assert "sig" not in message
+
+
+class _Stored:
+    def __init__(self, content, id="svc-1"):
+        self.content, self.id = content, id
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({}, "id is missing"),
+        ({"id": None}, "id is missing"),
+        ({"id": 7}, "must be a non-empty string of printable characters, got 7"),
+        ({"id": ""}, 'got ""'),
+        ({"id": "  "}, 'got "  "'),
+        ({"id": ["a"]}, 'got ["a"]'),
+        ({"id": "a\nb"}, "printable"),
+    ],
+)
+def test_app_id_is_a_non_empty_printable_string_or_a_bad_message(body, reason):
+    """Issue 10 item 3: a missing or null id is not an id, and 7 is not "7"."""
+    with pytest.raises(BadMessage, match=reason.replace("[", r"\[")):
+        helper.app_id(body)
+    assert helper.app_id({"id": "7"}) == "7"
+    assert helper.app_id({"order_id": "ORD-1"}, "order_id") == "ORD-1"
+
+
+def test_messages_that_cannot_succeed_are_bad_messages():
+    """Issue 10 item 5: a body nested 30,000 deep or a 5,000-digit number cannot be read, ever;
+    a forward over 64 KiB is a bad message for a consumer and still a Fatal for a producer."""
+    with pytest.raises(BadMessage, match="nested too deeply"):
+        helper.parse_json(_Message("[" * 30_000 + "]" * 30_000))
+    with pytest.raises(BadMessage, match="unreadable JSON"):
+        helper.parse_json(_Message('{"id": ' + "1" * 5000 + "}"))
+    with pytest.raises(helper.Unsendable) as raised:
+        helper.encode({"too-big": "x" * 66_000})
+    assert isinstance(raised.value, BadMessage) and isinstance(raised.value, Fatal)
+    assert raised.value.exit_code == 2
+
+
+def test_encode_never_writes_a_character_the_service_could_not_hand_out_again():
+    """Issue 10 item 12: U+FFFF or half a surrogate pair in a forwarded body would make a
+    message no receive can return; they are escaped, and the JSON means the same."""
+    body = {"id": "x", "text": "\uffff \ud800 fine: ü"}
+    text = helper.encode(body)
+    assert not helper.XML_FORBIDDEN.search(text)
+    assert json.loads(text) == body
+    assert "ü" in helper.encode({"text": "ü"})  # ordinary text stays readable
+
+
+def test_describe_names_the_application_id_beside_the_service_id():
+    """Issue 10 item 16."""
+    assert helper.describe(_Stored('{"id": "task-1"}')) == "message svc-1 (id task-1)"
+    assert helper.describe(_Stored('{"order_id": "ORD-1"}')) == "message svc-1 (order_id ORD-1)"
+    assert helper.describe(_Stored('{"correlation_id": "c"}')) == "message svc-1 (correlation_id c)"
+    for content in ("not JSON", '{"id": 7}', "[" * 30_000, "", None):
+        assert helper.describe(_Stored(content)) == "message svc-1"
+
+
+def test_a_log_line_stays_one_line(capsys):
+    helper.logger("one-line-test").info("took a\nb")
+    assert capsys.readouterr().out.count("\n") == 1

@@ -142,3 +142,20 @@ def test_bad_messages_go_to_poison_and_the_consumer_goes_on(start, service, pref
 )
 def test_invalid_levels_and_names_are_refused_with_one_line_and_exit_2(env, module, args, shown):
     assert_refused(run_script(module, *args, env=env), shown)
+
+
+def test_the_readme_try_this_an_urgent_task_typed_seconds_later_still_overtakes(start, env, prefix):
+    """README 'Try this': ten 1-second low tasks, then - at human speed, seconds later - an
+    urgent one, which is taken ahead of the low tasks still waiting."""
+    worker = consumer(start, prefix, work="1")  # the README's consumer: 1 s per task
+    low = produce(env, prefix, "--priority", "low", "--message", "Rebuild search index",
+                  "--count", "10")  # fmt: skip
+    worker.wait_for(rf"took {low[0]} from low")
+    time.sleep(3)  # a human typing the second command (the lesson is this delay)
+    [urgent] = produce(env, prefix, "--priority", "high", "--message", "URGENT: Payment failed")
+    worker.wait_for(rf"done {urgent}", timeout=10)
+    order = [task_id for _, task_id in taken(worker)]
+    first_lows = order.index(urgent)  # the low tasks done before it arrived, in order
+    assert order == [*low[:first_lows], urgent]
+    assert first_lows < len(low), "low tasks must still be waiting behind the urgent one"
+    assert worker.stop() == 0
