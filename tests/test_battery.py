@@ -207,6 +207,7 @@ def test_outage_under_competing_consumers_loses_nothing(disk_azurite, start, fig
 
     wait_until(lambda: len(done_ids(consumers)) >= 10, 30, "10 tasks done before the outage")
     in_flight = len(sent) - len(done_ids(consumers))
+    assert in_flight > 0, "all work was done before the outage: it tested nothing"
     down = outage(disk_azurite)
     wait_until(
         lambda: done_ids(consumers) >= set(sent) and count(service, name) == 0,
@@ -256,6 +257,7 @@ def test_outage_under_the_pipeline_every_order_finishes(disk_azurite, start, fig
 
     wait_until(lambda: len(finished()) >= 5, 30, "5 orders finished before the outage")
     in_flight = len(sent) - len(set(finished()))
+    assert in_flight > 0, "all work was done before the outage: it tested nothing"
     down = outage(disk_azurite)
     wait_until(
         lambda: set(finished()) >= set(sent) and not any(count(service, n) for n in (v, e, f)),
@@ -296,6 +298,7 @@ def test_outage_under_request_reply_every_reply_arrives(disk_azurite, start, fig
 
     wait_until(lambda: answered() >= 20, 30, "20 requests answered before the outage")
     in_flight = requests - answered()
+    assert in_flight > 0, "all work was done before the outage: it tested nothing"
     down = outage(disk_azurite)
     assert requestor.wait(90) == 0, requestor.text
     assert f"all {requests} reply(ies) received" in requestor.text
