@@ -279,6 +279,11 @@ def logger(role: str) -> logging.Logger:
     """One log format for every script: `HH:MM:SS.mmm role[pid] text`, flushed per line."""
     log = logging.getLogger(f"patterns.{role}")
     if not log.handlers:
+        # A message can carry text stdout cannot encode (half a surrogate pair, sent as "\ud800"
+        # in JSON): print it escaped rather than lose the line to a "Logging error" traceback.
+        reconfigure = getattr(sys.stdout, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
         handler = logging.StreamHandler(sys.stdout)  # StreamHandler flushes after every line
         handler.setFormatter(
             _LineFormatter(f"%(asctime)s.%(msecs)03d {role}[%(process)d] %(message)s", "%H:%M:%S")
