@@ -53,7 +53,9 @@ def main() -> int:
     requests = helper.open_queue(args.queue, log)
 
     reply_queue = f"reply-{uuid.uuid4()}"  # ours alone: no one else's replies land in it
-    replies = helper.Inbox(reply_queue, log)
+    # A reply is deleted the moment it arrives; a short visibility timeout means one whose
+    # receive was lost (say, in an outage) is back in seconds, not after the default 30 s.
+    replies = helper.Inbox(reply_queue, log, visibility_timeout=5)
     try:
         pending: dict[str, tuple[int, float]] = {}  # correlation id -> (request number, sent)
         ttl = max(1, math.ceil(args.timeout))  # an unanswered request expires with our wait
