@@ -1,7 +1,9 @@
 """deploy/ must not drift from the scripts: every manifest parses, the KEDA ScaledObjects watch
 exactly the queue the deployed consumer reads by default, and the image and manifests name
 exactly the connection variables the scripts read. Nothing here needs a cluster or Docker: the
-files are read, and the scripts are asked (--help, a bad connection string) what they use."""
+files are read, and the scripts are asked (--help, a bad connection string) what they use;
+one consumer on the test emulator shows that SIGTERM (how Kubernetes scales in) hands its task
+back at once, which the grace period in the manifests relies on."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import json
 import os
 import pkgutil
 import re
+import signal
 import subprocess
 import sys
+import time
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -248,3 +252,24 @@ def test_dockerignore_keeps_local_state_and_secrets_out():
         if line.strip() and not line.startswith("#")
     }
     assert {".venv", "node_modules", ".azurite", ".env", ".git"} <= lines
+
+
+def test_sigterm_mid_task_releases_it_within_the_grace_period(start, service, qname):
+    """What the manifests' terminationGracePeriodSeconds relies on: Kubernetes stops a pod with
+    SIGTERM, and the consumer hands the task back at once instead of finishing it."""
+    module = json.loads(dockerfile_instruction("CMD"))[0]
+    consumer = start(module, "--queue", qname, "--work-seconds", "60", "--visibility-timeout", "60")
+    consumer.wait_for("waiting for tasks")
+    service.get_queue_client(qname).send_message(json.dumps({"id": "scaled-in"}))
+    consumer.wait_for("took scaled-in")
+
+    sent = time.monotonic()
+    consumer.send_signal(signal.SIGTERM)
+    assert consumer.wait(10) == 0
+    assert consumer.matches(r"released message [0-9a-f-]+ \(id scaled-in\)")
+    visible: list[str] = []
+    while not visible and time.monotonic() - sent < 10:
+        visible = [m.content for m in service.get_queue_client(qname).peek_messages()]
+        time.sleep(0.1)
+    assert [json.loads(body)["id"] for body in visible] == ["scaled-in"]
+    assert time.monotonic() - sent < 10, "back long before the 60 s visibility timeout"
