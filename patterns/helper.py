@@ -46,6 +46,8 @@ from azure.storage.queue import LinearRetry, QueueClient, QueueMessage, QueueSer
 from dotenv import find_dotenv
 from dotenv.parser import parse_stream
 
+from patterns import tracing  # optional OpenTelemetry; imports nothing while switched off
+
 CONNECTION_STRING_VAR = "AZURE_STORAGE_CONNECTION_STRING"
 ACCOUNT_URL_VAR = "AZURE_STORAGE_ACCOUNT_URL"  # Entra ID sign-in (optional extra `entra`)
 AZURITE_PORT = 10001
@@ -493,7 +495,8 @@ def send_json(
     queue: QueueClient, body: Mapping[str, Any], time_to_live: int | None = None
 ) -> QueueMessage:
     """Send one JSON message. `time_to_live` (seconds) makes it expire if nobody takes it."""
-    return queue.send_message(encode(body), time_to_live=time_to_live)
+    with tracing.sending(queue.queue_name, body) as body:  # tracing: the journey goes on
+        return queue.send_message(encode(body), time_to_live=time_to_live)
 
 
 def concurrently(work: Callable[[T], R], items: Iterable[T], concurrency: int) -> Iterator[R]:
@@ -753,6 +756,7 @@ class Inbox:
                 )
         for message in messages:
             self._held[message.id] = message
+        tracing.received(messages)  # tracing: each message's queue wait ends here
         return messages
 
     @contextmanager
@@ -771,36 +775,46 @@ class Inbox:
         so that long work is not handed to a second consumer.
         """
         self._keeper.keep(message)
+        span = tracing.begin(message, self.name)  # tracing: receive -> work -> settle
         try:
             try:
-                yield
+                with tracing.active(span):
+                    yield
             finally:
                 self._keeper.drop(message)  # from here on, message.pop_receipt is final
         except Interrupted:
             self.release(message)
+            tracing.end(span, "released")
             return
         except (BadMessage, RecursionError) as error:  # the same message fails the same way
             self.poison(message, str(error) or type(error).__name__)
+            tracing.end(span, "poisoned", str(error) or type(error).__name__)
             return
         except Exception as error:
             self._held.pop(message.id, None)
             if is_outage(error):  # the service's trouble, not the message's
                 _outage.begin(self.log, error)
+                tracing.end(span, "outage", _in_short(error))
                 return
             reason = f"{type(error).__name__}: {error}"
             if message.dequeue_count >= self.max_attempts:
-                self.poison(message, f"failed {message.dequeue_count} times; last: {reason}")
+                reason = f"failed {message.dequeue_count} times; last: {reason}"
+                self.poison(message, reason)
+                tracing.end(span, "poisoned", reason)
             else:
                 self.log.warning(
                     f"attempt {message.dequeue_count} of {self.max_attempts} failed for "
                     f"{describe(message)}: {reason}; it will be retried after its visibility "
                     "timeout"
                 )
+                tracing.end(span, "retry", reason)
             return
         except BaseException:  # a second Ctrl+C: give the message back, then stop
             self.release(message)
+            tracing.end(span, "released")
             raise
         self.delete(message)
+        tracing.end(span, "done")
 
     def delete(self, message: QueueMessage) -> None:
         """Delete a message whose work is done. Never raises: a message that could not be
