@@ -170,13 +170,14 @@ def sending(queue: str, body: Mapping[str, Any]) -> Any:
 
 @contextmanager
 def _sending(queue: str, body: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    tracer = _get_tracer()  # first: says what is missing if the extra is not installed
     from opentelemetry import propagate, trace
 
     attributes = {"messaging.system": "azure_queue_storage", "messaging.destination.name": queue}
     if (app_id := _app_id(body)) is not None:
         attributes["app.id"] = app_id
     kind = trace.SpanKind.PRODUCER
-    with _get_tracer().start_as_current_span(f"send {queue}", kind=kind, attributes=attributes):
+    with tracer.start_as_current_span(f"send {queue}", kind=kind, attributes=attributes):
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         queued_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
@@ -195,6 +196,7 @@ def begin(message: Any, queue: str) -> Any:
     """Start the span of one message's receive -> work -> settle, in its journey's trace."""
     if not ENABLED:
         return None
+    tracer = _get_tracer()
     from opentelemetry import propagate, trace
 
     body: dict[str, Any] = {}
@@ -203,7 +205,9 @@ def begin(message: Any, queue: str) -> Any:
         body = parsed if isinstance(parsed, dict) else {}
     except (ValueError, RecursionError):
         pass
-    carrier = {"traceparent": body["traceparent"]} if isinstance(body.get("traceparent"), str) else {}
+    carrier = (
+        {"traceparent": body["traceparent"]} if isinstance(body.get("traceparent"), str) else {}
+    )
     start = getattr(message, "received_ns", None) or time.time_ns()
     attributes: dict[str, Any] = {
         "messaging.system": "azure_queue_storage",
@@ -218,7 +222,7 @@ def begin(message: Any, queue: str) -> Any:
         attributes["queue.wait_ms"] = round(max(0.0, start / 1e6 - queued.timestamp() * 1e3), 3)
     except (ValueError, TypeError, OverflowError):
         pass  # not sent with tracing on: the wait is unknown
-    return _get_tracer().start_span(
+    return tracer.start_span(
         f"process {queue}",
         context=propagate.extract(carrier),
         kind=trace.SpanKind.CONSUMER,
