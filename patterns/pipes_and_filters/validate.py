@@ -16,7 +16,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from patterns import helper
+from patterns import helper, tracing
 
 
 def problems(order: dict[str, Any]) -> list[str]:
@@ -81,6 +81,7 @@ def main() -> int:
                         }
                         # Never expires: it waits in queue-rejected until someone looks at it.
                         helper.send_json(rejected, record, time_to_live=helper.NEVER_EXPIRE)
+                        tracing.event("rejected", reason="; ".join(reasons))  # if tracing is on
                         failed += 1
                         log.info(f"rejected {order.get('order_id')}: {'; '.join(reasons)}")
                     else:
