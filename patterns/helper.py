@@ -756,7 +756,7 @@ class Inbox:
                 )
         for message in messages:
             self._held[message.id] = message
-        tracing.received(messages)  # tracing: each message's queue wait ends here
+        tracing.received(messages, self.name)  # tracing: each message's queue wait ends here
         return messages
 
     @contextmanager

@@ -184,12 +184,25 @@ def _sending(queue: str, body: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]
         yield {**body, "traceparent": carrier.get("traceparent"), "queued_at": queued_at}
 
 
-def received(messages: list[Any]) -> None:
-    """Note when each message was received: its span starts there, its queue wait ends."""
-    if ENABLED:
-        now = time.time_ns()
-        for message in messages:
-            message.received_ns = now
+_last_empty: dict[str, int] = {}  # queue -> when its consumer last found it empty (ns)
+_slept: dict[str, tuple[int, int]] = {}  # queue -> the consumer's last sleep: (from, to) in ns
+
+
+def received(messages: list[Any], queue: str) -> None:
+    """Note when each message was received (its span starts there, its queue wait ends) and
+    when this consumer last slept between polls of an empty queue: the part of a message's
+    wait that fell in that sleep was waiting for a poll, the rest waiting in line."""
+    if not ENABLED:
+        return
+    now = time.time_ns()
+    if not messages:
+        _last_empty.setdefault(queue, now)  # the sleep starts at the first empty receive
+        return
+    if queue in _last_empty:  # woke up: this receive ended a sleep
+        _slept[queue] = (_last_empty.pop(queue), now)
+    for message in messages:
+        message.received_ns = now
+        message.slept = _slept.get(queue)
 
 
 def begin(message: Any, queue: str) -> Any:
@@ -220,6 +233,12 @@ def begin(message: Any, queue: str) -> Any:
     try:
         queued = datetime.fromisoformat(str(body.get("queued_at")))
         attributes["queue.wait_ms"] = round(max(0.0, start / 1e6 - queued.timestamp() * 1e3), 3)
+        queued_ns, slept = (
+            start - attributes["queue.wait_ms"] * 1e6,
+            getattr(message, "slept", None),
+        )
+        polling = max(0.0, min(slept[1], start) - max(queued_ns, slept[0])) if slept else 0.0
+        attributes["queue.poll_wait_ms"] = round(polling / 1e6, 3)
     except (ValueError, TypeError, OverflowError):
         pass  # not sent with tracing on: the wait is unknown
     return tracer.start_span(

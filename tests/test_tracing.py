@@ -101,17 +101,19 @@ def test_pipeline_one_trace_per_order_in_causal_order(
                 assert span["attributes"]["app.id"] == order
                 assert span["attributes"]["outcome"] == "done"
                 assert span["attributes"]["messaging.azure.dequeue_count"] == 1
-                assert span["attributes"]["queue.wait_ms"] >= 0
+                wait = span["attributes"]["queue.wait_ms"]
+                assert 0 <= span["attributes"]["queue.poll_wait_ms"] <= wait
                 assert span["start_ns"] <= span["end_ns"]
         # The renderer draws this trace with the spans' own times.
         (drawn,) = [j for j in journey.journeys(spans) if j.app_id == order]
         assert [h.role for h in drawn.hops] == ["producer", "validate", "enrich", "finalize"]
-        rows = journey.timeline(drawn).splitlines()[2:]
+        rows = journey.timeline(drawn).splitlines()[2:]  # below the title and the header
         for row, span in zip(rows, [chain[0], *chain[1::2]], strict=True):
             work = (span["end_ns"] - span["start_ns"]) / 1e6
             assert f"{work:8.1f}" in row
             if span["kind"] == "consumer":
                 assert f"{span['attributes']['queue.wait_ms']:8.1f}" in row
+                assert f"{span['attributes']['queue.poll_wait_ms']:8.1f}" in row
     # The invalid order: validate's span sends it to the rejected queue, in the same trace.
     (rejected,) = [s for s in spans if s["attributes"].get(NAME) == r]
     parent = next(s for s in spans if s["span_id"] == rejected["parent_id"])
@@ -181,10 +183,10 @@ def span(name, kind, service, start_ms, end_ms, span_id, parent=None, **attribut
 RECORDED = [  # a journey as the scripts record it: times in ms from an arbitrary origin
     span("send queue-validate", "producer", "producer", 1000, 1010, "a"),
     span("process queue-validate", "consumer", "validate", 1810, 1820, "b", "a",
-         **{"queue.wait_ms": 810.0, "outcome": "done"}),
+         **{"queue.wait_ms": 810.0, "queue.poll_wait_ms": 800.0, "outcome": "done"}),
     span("send queue-enrich", "producer", "validate", 1812, 1818, "c", "b"),
     span("process queue-enrich", "consumer", "enrich", 1830, 2000, "d", "c",
-         **{"queue.wait_ms": 12.0, "outcome": "done"}),
+         **{"queue.wait_ms": 12.0, "queue.poll_wait_ms": 0.0, "outcome": "done"}),
 ]  # fmt: skip
 
 
@@ -194,11 +196,21 @@ def test_renderer_timeline_and_mermaid_from_a_recorded_file(tmp_path) -> None:
     result = run_script("patterns.tools.journey", "--file", str(path), "--id", "ORD-1", env={})
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
+        journey.LEGEND,
+        "",
         "ORD-1  trace t1  1000.0 ms",
-        "  hop       queue             wait ms  work ms  |" + " " * 40 + "|",
-        "  producer  queue-validate                10.0  |#" + " " * 39 + "|",
-        "  validate  queue-validate      810.0     10.0  |" + "." * 32 + "#" + " " * 7 + "|",
-        "  enrich    queue-enrich         12.0    170.0  |" + " " * 32 + "." + "#" * 7 + "|",
+        "  hop       queue             wait ms   (poll)  work ms  |" + " " * 40 + "|",
+        "  producer  queue-validate                         10.0  |#" + " " * 39 + "|",
+        "  validate  queue-validate      810.0    800.0     10.0  |"
+        + "." * 32
+        + "#"
+        + " " * 7
+        + "|",
+        "  enrich    queue-enrich         12.0      0.0    170.0  |"
+        + " " * 32
+        + "-"
+        + "#" * 7
+        + "|",
     ]
     mermaid = run_script("patterns.tools.journey", "--file", str(path), "--mermaid", env={})
     assert mermaid.stdout.splitlines() == [
@@ -210,10 +222,10 @@ def test_renderer_timeline_and_mermaid_from_a_recorded_file(tmp_path) -> None:
         "    participant P3 as queue-enrich",
         "    participant P4 as enrich",
         "    P0->>P1: send ORD-1 (+0.0 ms)",
-        "    P1->>P2: received after 810.0 ms (+810.0 ms)",
+        "    P1->>P2: +810.0 ms, waited 810.0 ms, 800.0 ms of it for a poll",
         "    P2->>P3: send",
         "    Note over P2: work 10.0 ms, done",
-        "    P3->>P4: received after 12.0 ms (+830.0 ms)",
+        "    P3->>P4: +830.0 ms, waited 12.0 ms, 0.0 ms of it for a poll",
         "    Note over P4: work 170.0 ms, done",
     ]
     missing = run_script("patterns.tools.journey", "--file", str(path), "--id", "nope", env={})

@@ -7,8 +7,11 @@
 
 Reads the spans the scripts wrote with tracing on (see patterns/tracing.py). One journey per
 trace; one row per hop: the producer's send, then each consumer's receive -> work -> settle,
-with the time the message waited in the queue before it ('.') and the time it was worked on
-('#'), on one time axis. Poison, retries and releases are named at the end of their row.
+with the time the message waited in the queue before it and the time it was worked on ('#'),
+on one time axis. Of the wait, '.' is the part when its consumer was asleep between polls of
+an empty queue (the cost of polling after idle) and '-' the part it waited behind other
+messages while the consumer was busy (the cost of too few consumers). Poison, retries and
+releases are named at the end of their row.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Hop:
     start: int
     end: int
     outcome: str = ""
+    poll_ms: float | None = None  # of the wait: the consumer asleep between polls
     notes: list[str] = field(default_factory=list)
     sends: list[tuple[int, str]] = field(default_factory=list)  # (time, queue) sent while working
 
@@ -103,6 +107,7 @@ def journeys(spans: list[dict[str, Any]]) -> list[Journey]:
             )
             if "queue.wait_ms" in attributes:
                 hop.queued = span["start_ns"] - round(attributes["queue.wait_ms"] * 1e6)
+                hop.poll_ms = attributes.get("queue.poll_wait_ms")
             for event in span.get("events", []):
                 reason = event.get("attributes", {}).get("reason")
                 hop.notes.append(f"{event['name']}: {reason}" if reason else event["name"])
@@ -117,8 +122,11 @@ def journeys(spans: list[dict[str, Any]]) -> list[Journey]:
     return sorted(found, key=lambda journey: journey.begin)
 
 
+LEGEND = "in the queue: '.' its consumer asleep between polls, '-' behind others;  '#' work"
+
+
 def timeline(journey: Journey, width: int = WIDTH) -> str:
-    """Rows aligned like a Gantt chart: '.' waiting in the queue, '#' being worked on."""
+    """Rows aligned like a Gantt chart: the wait in the queue, then the work."""
     begin, total = journey.begin, max(journey.total_ms, 0.001)
 
     def column(ns: int) -> int:
@@ -127,15 +135,19 @@ def timeline(journey: Journey, width: int = WIDTH) -> str:
     q = max(14, *(len(hop.queue) for hop in journey.hops)) + 2  # the queue column's width
     lines = [
         f"{journey.app_id or '(no id)'}  trace {journey.trace_id}  {journey.total_ms:.1f} ms",
-        f"  {'hop':<9} {'queue':<{q}} {'wait ms':>8} {'work ms':>8}  |{'':<{width}}|",
+        f"  {'hop':<9} {'queue':<{q}} {'wait ms':>8} {'(poll)':>8} {'work ms':>8}  |{'':<{width}}|",
     ]
     for hop in journey.hops:
         bar = [" "] * width
+        woke = hop.queued + round((hop.poll_ms or 0) * 1e6)  # the poll part comes first
         for c in range(column(hop.queued), column(hop.start)):
+            bar[c] = "-"
+        for c in range(column(hop.queued), column(woke)):
             bar[c] = "."
         for c in range(column(hop.start), column(hop.end) + 1):
             bar[c] = "#"
         wait = f"{hop.wait_ms:8.1f}" if hop.action == "process" else f"{'':>8}"
+        wait += f" {hop.poll_ms:8.1f}" if hop.poll_ms is not None else f" {'':>8}"
         what = hop.role if hop.action == "process" else f"{hop.role}"
         line = f"  {what:<9} {hop.queue:<{q}} {wait} {hop.work_ms:8.1f}  |{''.join(bar)}|"
         extra = [hop.outcome] if hop.outcome and hop.outcome != "done" else []
@@ -155,11 +167,12 @@ def mermaid(journey: Journey) -> str:
     for hop in journey.hops:
         role, queue = alias(hop.role), alias(hop.queue)
         at = f"+{(hop.start - begin) / 1e6:.1f} ms"
+        why = f", {hop.poll_ms:.1f} ms of it for a poll" if hop.poll_ms is not None else ""
         if hop.action == "send":
             events.append((hop.start, 0, f"    {role}->>{queue}: send {journey.app_id} ({at})"))
             continue
         events.append(
-            (hop.start, 1, f"    {queue}->>{role}: received after {hop.wait_ms:.1f} ms ({at})")
+            (hop.start, 1, f"    {queue}->>{role}: {at}, waited {hop.wait_ms:.1f} ms{why}")
         )
         for sent, target in hop.sends:
             events.append((sent, 2, f"    {role}->>{alias(target)}: send"))
@@ -208,8 +221,10 @@ def main() -> int:
             raise helper.Fatal(f"no journey of {args.id!r} in {args.file}", exit_code=1)
     if args.slowest:
         found = sorted(found, key=lambda j: j.total_ms, reverse=True)[: args.slowest]
-    draw = mermaid if args.mermaid else timeline
-    print("\n\n".join(draw(journey) for journey in found))
+    if args.mermaid:
+        print("\n\n".join(mermaid(journey) for journey in found))
+    else:
+        print("\n\n".join([LEGEND, *(timeline(journey) for journey in found)]))
     return 0
 
 
