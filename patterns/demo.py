@@ -1,6 +1,6 @@
 """Run every pattern end to end against a private, in-memory Azurite, then print a summary.
 
-    make demo                         # or: python -m patterns.tools.demo
+    make demo                         # or: python -m patterns.demo
 
 Each script runs as a real subprocess, exactly as in the walkthrough; every output line is
 prefixed with the script's role. Exit 0 only if every pattern passed its check.
@@ -24,7 +24,7 @@ from azure.storage.queue import QueueClient
 
 from patterns.emulator import Azurite
 from patterns.helper import CONNECTION_STRING_VAR, ArgumentParser, Fatal, run
-from patterns.tools.runner import Proc, stop_all
+from patterns.runner import Proc, stop_all
 
 _print_lock = threading.Lock()
 

@@ -1,7 +1,8 @@
 """Run tutorial scripts as child processes, the way a learner runs them in terminals.
 
-Used by the demo and the tests: start `python -u -m patterns...`, collect its output lines
-(optionally echoing them with a `[role]` prefix), wait for a line, stop it by its PID.
+Used by the demo, the benchmarks and the tests: start `python -u -m patterns...`, collect its
+output lines (optionally echoing them with a `[role]` prefix), wait for a line, stop it by its
+PID.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from azure.storage.queue import QueueClient, QueueServiceClient
 
 from patterns.emulator import ROOT, Azurite
 from patterns.helper import CONNECTION_STRING_VAR
-from patterns.tools.runner import Proc, stop_all
+from patterns.runner import Proc, stop_all
 
 FIGURES = pytest.StashKey[list[str]]()
 

@@ -29,7 +29,7 @@ from conftest import run_script
 
 from patterns.emulator import Azurite
 from patterns.helper import CONNECTION_STRING_VAR, MAX_MESSAGE_BYTES, size_as_sent
-from patterns.tools.runner import Proc, stop_all
+from patterns.runner import Proc, stop_all
 
 pytestmark = pytest.mark.battery
 

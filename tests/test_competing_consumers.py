@@ -13,7 +13,7 @@ from azure.storage.queue import QueueClient
 from conftest import assert_refused, message_count, peek_bodies, requests_logged, run_script
 
 from patterns.emulator import Azurite
-from patterns.tools.runner import Proc
+from patterns.runner import Proc
 
 CONSUMER = "patterns.competing_consumers.consumer"
 PRODUCER = "patterns.competing_consumers.producer"

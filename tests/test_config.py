@@ -33,7 +33,7 @@ from conftest import assert_refused
 
 from patterns.emulator import ROOT, Azurite, free_port
 from patterns.helper import AZURITE_ACCOUNT, AZURITE_KEY, AZURITE_PORT, CONNECTION_STRING_VAR
-from patterns.tools.runner import Proc
+from patterns.runner import Proc
 
 PRODUCER = "patterns.competing_consumers.producer"
 CONSUMER = "patterns.competing_consumers.consumer"

@@ -119,11 +119,11 @@ CASES: list[Case] = [
     Case(f"{TOOLS}.redrive", "queue", CONSUMED),
     Case(f"{TOOLS}.redrive", "--count", "0", ("tasks-queue",)),
     Case(f"{TOOLS}.status", "--interval", "0"),
-    Case(f"{TOOLS}.bench", "--count", "0"),
-    Case(f"{TOOLS}.bench_latency", "--samples", "0"),
-    Case(f"{TOOLS}.bench_latency", "--idle-max", "0"),
-    Case(f"{TOOLS}.bench_latency", "--only", "fanout"),
-    Case(f"{TOOLS}.demo", "--only", "nothing"),
+    Case("bench.throughput", "--count", "0"),
+    Case("bench.latency", "--samples", "0"),
+    Case("bench.latency", "--idle-max", "0"),
+    Case("bench.latency", "--only", "fanout"),
+    Case("patterns.demo", "--only", "nothing"),
     Case("patterns.emulator", "--port", "0"),
     Case("patterns.emulator", "--port", "65536"),
 ]
@@ -181,7 +181,8 @@ class Parsed(Exception):
 def scripts() -> list[str]:
     files = [
         path
-        for path in (ROOT / "patterns").rglob("*.py")
+        for folder in ("patterns", "bench")
+        for path in (ROOT / folder).rglob("*.py")
         if '__name__ == "__main__"' in path.read_text()
     ]
     return sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in files)

@@ -15,7 +15,7 @@ from conftest import message_count, peek_bodies, run_script
 
 from patterns.emulator import Azurite
 from patterns.helper import CONNECTION_STRING_VAR
-from patterns.tools.runner import Proc
+from patterns.runner import Proc
 
 PRODUCER = "patterns.pipes_and_filters.producer"
 VALIDATE = "patterns.pipes_and_filters.validate"

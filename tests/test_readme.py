@@ -19,7 +19,8 @@ FENCE = re.compile(r"^ *```")
 PYTHON = re.compile(r"^(?:python3?|py|\.venv[/\\](?:bin|Scripts)[/\\]python)$")
 SCRIPTS = sorted(
     path
-    for path in (ROOT / "patterns").rglob("*.py")
+    for folder in ("patterns", "bench")
+    for path in (ROOT / folder).rglob("*.py")
     if '__name__ == "__main__"' in path.read_text()
 )
 
@@ -110,15 +111,20 @@ QUEUE_OPTION = {
 }
 
 
+def in_patterns(script: Path) -> str:
+    """`competing_consumers/producer.py` for patterns/competing_consumers/producer.py."""
+    return script.relative_to(ROOT).as_posix().removeprefix("patterns/")
+
+
 def test_queue_option_table_names_real_scripts():
-    assert set(QUEUE_OPTION) <= {str(path.relative_to(ROOT / "patterns")) for path in SCRIPTS}
+    assert set(QUEUE_OPTION) <= {in_patterns(path) for path in SCRIPTS}
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_script_answers_help_when_run_as_a_file(script):
     text = help_text(script)
     assert "usage:" in text
-    option = QUEUE_OPTION.get(str(script.relative_to(ROOT / "patterns")))
+    option = QUEUE_OPTION.get(in_patterns(script))
     assert option is None or option in text
 
 

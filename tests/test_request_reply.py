@@ -20,7 +20,7 @@ from conftest import message_count, peek_bodies, run_script
 
 from patterns.emulator import ROOT, Azurite
 from patterns.helper import CONNECTION_STRING_VAR
-from patterns.tools.runner import Proc
+from patterns.runner import Proc
 
 REQUESTOR = "patterns.request_reply.requestor"
 REPLIER = "patterns.request_reply.replier"
