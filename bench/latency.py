@@ -34,11 +34,7 @@ from patterns.helper import (
     run,
     whole_number,
 )
-from patterns.runner import Proc
-
-
-def echo(text: str) -> None:
-    print(text, flush=True)
+from patterns.runner import Proc, echo
 
 
 def percentiles(values: list[float]) -> str:

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from patterns.emulator import Azurite
 from patterns.helper import CONNECTION_STRING_VAR, ArgumentParser, run, whole_number
-from patterns.runner import Proc
+from patterns.runner import Proc, log_seconds, requests_logged
 
 PRODUCER = "patterns.competing_consumers.producer"
 CONSUMER = "patterns.competing_consumers.consumer"
@@ -48,13 +46,6 @@ def raw_drain(queue: QueueClient) -> float:
             queue.delete_message(message)
         done += len(batch)
     return done / (time.perf_counter() - started)
-
-
-def log_time(line: str) -> float:
-    stamp = re.search(r"(\d\d:\d\d:\d\d\.\d{3})", line)
-    assert stamp is not None, line
-    parsed = datetime.strptime(stamp.group(1), "%H:%M:%S.%f")
-    return parsed.hour * 3600 + parsed.minute * 60 + parsed.second + parsed.microsecond / 1e6
 
 
 def script_send(env: dict[str, str], queue: str, count: int, concurrency: int) -> float:
@@ -96,7 +87,7 @@ def hands_on_scenario(env: dict[str, str], queue: str) -> float:
             proc.wait_for("waiting for tasks")
         producer = Proc(PRODUCER, "--queue", queue, "--count", "20", env=env)
         producer.wait(60)
-        first_sent = log_time(producer.matches(r"\] sent task-")[0].string)
+        first_sent = log_seconds(producer.matches(r"\] sent task-")[0].string)
         for proc in procs:
             proc.wait_for(r"\] done ", timeout=60, count=1)
         deadline = time.monotonic() + 60
@@ -107,7 +98,7 @@ def hands_on_scenario(env: dict[str, str], queue: str) -> float:
     finally:
         for proc in procs:
             proc.stop()
-    last_done = max(log_time(m.string) for p in procs for m in p.matches(r"\] done "))
+    last_done = max(log_seconds(m.string) for p in procs for m in p.matches(r"\] done "))
     return last_done - first_sent
 
 
@@ -116,9 +107,9 @@ def idle_rate(env: dict[str, str], azurite: Azurite, queue: str, seconds: float)
     try:
         consumer.wait_for("waiting for tasks")
         time.sleep(2)  # let the backoff reach its ceiling
-        before = _requests(azurite, queue)
+        before = len(requests_logged(azurite, queue))
         time.sleep(seconds)
-        return (_requests(azurite, queue) - before) / seconds
+        return (len(requests_logged(azurite, queue)) - before) / seconds
     finally:
         consumer.stop()
 
@@ -135,11 +126,6 @@ def hot_idle_rate(queue: QueueClient, seconds: float) -> float:
         if not messages:  # never true: this is the bug
             time.sleep(5)
     return polls / seconds
-
-
-def _requests(azurite: Azurite, queue: str) -> int:
-    assert azurite.log_path is not None
-    return Path(azurite.log_path).read_text(errors="replace").count(f"/{queue}/messages")
 
 
 def main() -> int:
