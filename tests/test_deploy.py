@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import pkgutil
 import re
 import signal
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support import learner_env, peek_bodies, send, wait_until
 
 from patterns.emulator import ROOT
 
@@ -218,8 +218,7 @@ def test_every_storage_variable_in_deploy_is_one_the_scripts_read():
 def test_the_consumer_reads_the_variable_the_manifests_set(tmp_path):
     """Not just the constant: a consumer started with a bad value in that variable names it."""
     module = json.loads(dockerfile_instruction("CMD"))[0]
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_STORAGE_")}
-    environment[CONNECTION_STRING_VAR] = "not-a-connection-string"
+    environment = {**learner_env(), CONNECTION_STRING_VAR: "not-a-connection-string"}
     result = subprocess.run(
         [sys.executable, "-m", module],
         cwd=tmp_path,  # no .env here
@@ -260,16 +259,13 @@ def test_sigterm_mid_task_releases_it_within_the_grace_period(start, service, qn
     module = json.loads(dockerfile_instruction("CMD"))[0]
     consumer = start(module, "--queue", qname, "--work-seconds", "60", "--visibility-timeout", "60")
     consumer.wait_for("waiting for tasks")
-    service.get_queue_client(qname).send_message(json.dumps({"id": "scaled-in"}))
+    send(service, qname, {"id": "scaled-in"})
     consumer.wait_for("took scaled-in")
 
     sent = time.monotonic()
     consumer.send_signal(signal.SIGTERM)
     assert consumer.wait(10) == 0
     assert consumer.matches(r"released message [0-9a-f-]+ \(id scaled-in\)")
-    visible: list[str] = []
-    while not visible and time.monotonic() - sent < 10:
-        visible = [m.content for m in service.get_queue_client(qname).peek_messages()]
-        time.sleep(0.1)
-    assert [json.loads(body)["id"] for body in visible] == ["scaled-in"]
+    wait_until(lambda: peek_bodies(service, qname) != [], 10, "the task visible again")
+    assert [json.loads(body)["id"] for body in peek_bodies(service, qname)] == ["scaled-in"]
     assert time.monotonic() - sent < 10, "back long before the 60 s visibility timeout"
