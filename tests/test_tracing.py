@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from azure.storage.queue import QueueServiceClient
-from conftest import assert_refused, run_script
+from support import assert_refused, run_script
 
 from patterns import tracing
 from patterns.tools import journey
