@@ -9,6 +9,8 @@ import json
 import re
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from azure.storage.queue import QueueServiceClient
@@ -261,3 +263,34 @@ def test_without_the_extra(env, qname, tmp_path) -> None:
     assert "sent 1 order(s)" in off.stdout
     on = producer(traced(quiet, tmp_path / "traces.jsonl"))  # asked for: says what is missing
     assert_refused(on, "pip install -e '.[trace]'")
+
+
+def test_otlp_endpoint_receives_the_spans(env, qname) -> None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT alone sends the spans to that collector (OTLP/HTTP): here a
+    stand-in that records what is posted to it."""
+    posts: list[tuple[str, str, bytes]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append((self.path, self.headers["Content-Type"], body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        quiet = {k: v for k, v in env.items() if not k.startswith("OTEL_")}
+        endpoint = f"http://127.0.0.1:{server.server_port}"
+        result = run_script(PRODUCER, "--output", qname, env={**quiet,
+                            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    (order_id,) = re.findall(r"sent (ORD-\S+) ", result.stdout)
+    assert [(path, kind) for path, kind, _ in posts] == [("/v1/traces", "application/x-protobuf")]
+    assert f"send {qname}".encode() in posts[0][2] and order_id.encode() in posts[0][2]
