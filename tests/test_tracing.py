@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from azure.storage.queue import QueueServiceClient
-from support import assert_refused, run_script
+from support import assert_refused, run_script, wait_until
 
 from patterns import tracing
 from patterns.tools import journey
@@ -294,3 +294,32 @@ def test_otlp_endpoint_receives_the_spans(env, qname) -> None:
     (order_id,) = re.findall(r"sent (ORD-\S+) ", result.stdout)
     assert [(path, kind) for path, kind, _ in posts] == [("/v1/traces", "application/x-protobuf")]
     assert f"send {qname}".encode() in posts[0][2] and order_id.encode() in posts[0][2]
+
+
+def test_wait_after_idle_is_polling_wait_behind_others_is_not(
+    env, qname, start, tmp_path, azurite
+) -> None:
+    path = tmp_path / "traces.jsonl"
+    on = traced(env, path)
+    v = f"{qname}-v"
+    args = ("--input", v, "--output", f"{qname}-e", "--rejected", f"{qname}-r")
+    validate = start(VALIDATE, *args, env_=on)
+
+    def polls() -> int:  # receives (and deletes) validate has made on its input queue
+        return Path(azurite.log_path).read_text(errors="replace").count(f"/{v}/messages")
+
+    wait_until(lambda: polls() >= 2, what="validate polled its empty queue")
+    for count, passed in (("1", 1), ("20", 21)):  # one order after idle, then 20 at once
+        assert run_script(PRODUCER, "--output", v, "--count", count, env=on).returncode == 0
+        validate.wait_for(r"passed ORD-", count=passed, timeout=30)
+    validate.stop()
+    spans = [s for s in spans_of(path) if s["name"] == f"process {v}"]
+    assert len(spans) == 21
+    first, burst = spans[0]["attributes"], [s["attributes"] for s in spans[1:]]
+    # After idle: the wait was validate asleep between polls (all of it but the few ms a
+    # send and an empty receive may overlap).
+    assert first["queue.poll_wait_ms"] > 0
+    assert first["queue.wait_ms"] - first["queue.poll_wait_ms"] < 50
+    # In a burst, one order at a time: the later ones also waited behind the others.
+    assert all(0 <= a["queue.poll_wait_ms"] <= a["queue.wait_ms"] for a in burst)
+    assert max(a["queue.wait_ms"] - a["queue.poll_wait_ms"] for a in burst) > 10
