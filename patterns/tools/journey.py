@@ -162,14 +162,17 @@ def mermaid(journey: Journey) -> str:
     def alias(name: str) -> str:
         return names.setdefault(name, f"P{len(names)}")
 
-    begin = journey.begin
+    def plain(text: str) -> str:  # without the characters Mermaid reads as syntax
+        return text.replace(";", ",").replace("#", "")
+
+    begin, app_id = journey.begin, plain(journey.app_id)
     events: list[tuple[int, int, str]] = []  # (time, order, line)
     for hop in journey.hops:
         role, queue = alias(hop.role), alias(hop.queue)
         at = f"+{(hop.start - begin) / 1e6:.1f} ms"
         why = f", {hop.poll_ms:.1f} ms of it for a poll" if hop.poll_ms is not None else ""
         if hop.action == "send":
-            events.append((hop.start, 0, f"    {role}->>{queue}: send {journey.app_id} ({at})"))
+            events.append((hop.start, 0, f"    {role}->>{queue}: send {app_id} ({at})"))
             continue
         events.append(
             (hop.start, 1, f"    {queue}->>{role}: {at}, waited {hop.wait_ms:.1f} ms{why}")
@@ -181,9 +184,9 @@ def mermaid(journey: Journey) -> str:
         reasons = [n for n in hop.notes if n != outcome]
         if reasons:
             note += " - " + "; ".join(reasons)
-        note = note.replace(";", ",").replace("#", "")  # characters Mermaid reads as syntax
+        note = plain(note)
         events.append((hop.end, 3, f"    Note over {role}: {note}"))
-    lines = ["sequenceDiagram", f"    title {journey.app_id or journey.trace_id}: "
+    lines = ["sequenceDiagram", f"    title {app_id or journey.trace_id}: "
              f"{journey.total_ms:.1f} ms"]  # fmt: skip
     lines += [f"    participant {a} as {name}" for name, a in names.items()]
     lines += [line for _, _, line in sorted(events)]
