@@ -233,10 +233,8 @@ def begin(message: Any, queue: str) -> Any:
     try:
         queued = datetime.fromisoformat(str(body.get("queued_at")))
         attributes["queue.wait_ms"] = round(max(0.0, start / 1e6 - queued.timestamp() * 1e3), 3)
-        queued_ns, slept = (
-            start - attributes["queue.wait_ms"] * 1e6,
-            getattr(message, "slept", None),
-        )
+        queued_ns = start - attributes["queue.wait_ms"] * 1e6
+        slept = getattr(message, "slept", None)  # (from, to): this consumer's last sleep
         polling = max(0.0, min(slept[1], start) - max(queued_ns, slept[0])) if slept else 0.0
         attributes["queue.poll_wait_ms"] = round(polling / 1e6, 3)
     except (ValueError, TypeError, OverflowError):
