@@ -16,7 +16,7 @@ import pytest
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from patterns.emulator import ROOT, Azurite
-from patterns.helper import CONNECTION_STRING_VAR
+from patterns.helper.settings import CONNECTION_STRING_VAR
 from patterns.tools.runner import Proc, stop_all
 
 FIGURES = pytest.StashKey[list[str]]()

@@ -28,7 +28,8 @@ from azure.storage.queue import QueueServiceClient
 from conftest import run_script
 
 from patterns.emulator import Azurite
-from patterns.helper import CONNECTION_STRING_VAR, MAX_MESSAGE_BYTES, size_as_sent
+from patterns.helper.codec import MAX_MESSAGE_BYTES, size_as_sent
+from patterns.helper.settings import CONNECTION_STRING_VAR
 from patterns.tools.runner import Proc, stop_all
 
 pytestmark = pytest.mark.battery

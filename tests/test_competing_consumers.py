@@ -129,7 +129,7 @@ def test_task_longer_than_visibility_timeout_is_processed_once(start, service, q
 
 def test_no_server_exits_2_quickly_with_one_line(env, azurite):
     from patterns.emulator import free_port
-    from patterns.helper import azurite_connection_string
+    from patterns.helper.settings import azurite_connection_string
 
     dead = {**env, "AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string(free_port())}
     for module in (PRODUCER, CONSUMER):
@@ -267,3 +267,4 @@ def test_a_message_the_service_cannot_hand_out_is_reported_once(start, azurite, 
     assert consumer.matches(r"\(warned once\)$")
     assert consumer.stop() == 0
     assert "Traceback" not in consumer.text
+

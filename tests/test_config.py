@@ -32,7 +32,12 @@ from azure.storage.queue import (
 from conftest import assert_refused
 
 from patterns.emulator import ROOT, Azurite, free_port
-from patterns.helper import AZURITE_ACCOUNT, AZURITE_KEY, AZURITE_PORT, CONNECTION_STRING_VAR
+from patterns.helper.settings import (
+    AZURITE_ACCOUNT,
+    AZURITE_KEY,
+    AZURITE_PORT,
+    CONNECTION_STRING_VAR,
+)
 from patterns.tools.runner import Proc
 
 PRODUCER = "patterns.competing_consumers.producer"

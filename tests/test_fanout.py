@@ -174,15 +174,17 @@ def test_failed_sends_are_retried_then_named_with_exit_1(
 
     from azure.core.exceptions import ServiceRequestError
 
-    from patterns import helper
     from patterns.fanout import producer
+    from patterns.helper import connect
+    from patterns.helper.cli import logger
+    from patterns.helper.settings import CONNECTION_STRING_VAR
 
-    monkeypatch.setenv(helper.CONNECTION_STRING_VAR, azurite.connection_string)
-    monkeypatch.setattr(helper, "_service", None)
+    monkeypatch.setenv(CONNECTION_STRING_VAR, azurite.connection_string)
+    monkeypatch.setattr(connect, "_service", None)
     monkeypatch.setattr(producer.time, "sleep", lambda seconds: None)
     argv = ["producer", "--prefix", prefix, "--subscribers", "a,b", "--id", "order-1"]
     monkeypatch.setattr(sys, "argv", [*argv, "--retries", "2"])
-    real_send, left = helper.send_json, [failures]
+    real_send, left = connect.send_json, [failures]
 
     def flaky_send(queue, body, time_to_live=None):
         if queue.queue_name == prefix + "b" and left[0] > 0:
@@ -190,11 +192,11 @@ def test_failed_sends_are_retried_then_named_with_exit_1(
             raise ServiceRequestError("connection reset")
         return real_send(queue, body, time_to_live)
 
-    monkeypatch.setattr(helper, "send_json", flaky_send)
+    monkeypatch.setattr(connect, "send_json", flaky_send)
     lines: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
-    log = helper.logger("producer")  # the script's own logger, plus our handler
+    log = logger("producer")  # the script's own logger, plus our handler
     log.addHandler(handler)
     try:
         code = producer.main()

@@ -25,8 +25,11 @@ from typing import NamedTuple
 import pytest
 from conftest import assert_refused, message_count, run_script
 
-from patterns import helper
 from patterns.emulator import ROOT
+from patterns.helper import Fatal
+from patterns.helper.cli import ArgumentParser
+from patterns.helper.connect import queue_name
+from patterns.helper.settings import CONNECTION_STRING_VAR, azurite_connection_string
 
 CONSUMED = "q" * 57  # a valid queue name, but one too long for its -poison queue (64 > 63)
 
@@ -48,7 +51,7 @@ class Case(NamedTuple):
 
 
 def consumer_flags(module: str, *before: str, work: bool = True) -> list[Case]:
-    """The options of helper.add_consumer_arguments, out of range."""
+    """The options of cli.add_consumer_arguments, out of range."""
     rows = [
         ("--batch-size", "0"),
         ("--batch-size", "33"),
@@ -140,7 +143,7 @@ def run_against_a_silent_service(case: Case) -> Outcome:
         server.listen()
         env = {
             **os.environ,
-            helper.CONNECTION_STRING_VAR: helper.azurite_connection_string(server.getsockname()[1]),
+            CONNECTION_STRING_VAR: azurite_connection_string(server.getsockname()[1]),
         }
         result = subprocess.run(
             [sys.executable, "-u", "-m", case.module, *case.argv],
@@ -190,10 +193,10 @@ def scripts() -> list[str]:
 def checked_flags(module: str, monkeypatch: pytest.MonkeyPatch) -> set[str]:
     """The flags whose value a script's parser checks (every argument with a `type=`)."""
 
-    def capture(self: helper.ArgumentParser, *args: object, **kwargs: object) -> None:
+    def capture(self: ArgumentParser, *args: object, **kwargs: object) -> None:
         raise Parsed(self)
 
-    monkeypatch.setattr(helper.ArgumentParser, "parse_args", capture)
+    monkeypatch.setattr(ArgumentParser, "parse_args", capture)
     with pytest.raises(Parsed) as parsed:
         importlib.import_module(module).main()
     parser = parsed.value.args[0]
@@ -212,10 +215,10 @@ def test_every_checked_flag_of_every_script_is_in_the_table(module, monkeypatch)
 
 
 def test_a_consumed_queue_name_may_be_56_characters_not_57():
-    assert helper.queue_name("q" * 56, consumed=True)
-    helper.queue_name("q" * 57)  # any queue: fine
-    with pytest.raises(helper.Fatal, match="at most 56"):
-        helper.queue_name("q" * 57, consumed=True)
+    assert queue_name("q" * 56, consumed=True)
+    queue_name("q" * 57)  # any queue: fine
+    with pytest.raises(Fatal, match="at most 56"):
+        queue_name("q" * 57, consumed=True)
 
 
 # --- one rule for queues that are consumed (producers and consumers alike) ------------------

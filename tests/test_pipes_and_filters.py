@@ -14,7 +14,7 @@ from azure.storage.queue import QueueServiceClient
 from conftest import message_count, peek_bodies, run_script
 
 from patterns.emulator import Azurite
-from patterns.helper import CONNECTION_STRING_VAR
+from patterns.helper.settings import CONNECTION_STRING_VAR
 from patterns.tools.runner import Proc
 
 PRODUCER = "patterns.pipes_and_filters.producer"

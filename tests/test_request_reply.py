@@ -19,7 +19,7 @@ from azure.storage.queue import QueueServiceClient
 from conftest import message_count, peek_bodies, run_script
 
 from patterns.emulator import ROOT, Azurite
-from patterns.helper import CONNECTION_STRING_VAR
+from patterns.helper.settings import CONNECTION_STRING_VAR
 from patterns.tools.runner import Proc
 
 REQUESTOR = "patterns.request_reply.requestor"

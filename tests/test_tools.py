@@ -18,8 +18,17 @@ import uuid
 import pytest
 from conftest import message_count, peek_bodies, run_script
 
-from patterns import helper
 from patterns.emulator import ROOT
+from patterns.helper import Fatal, connect
+from patterns.helper.cli import logger
+from patterns.helper.consume import Inbox
+from patterns.helper.settings import (
+    ACCOUNT_URL_VAR,
+    CONNECTION_STRING_VAR,
+    Settings,
+    azurite_connection_string,
+    load_settings,
+)
 
 STATUS = "patterns.tools.status"
 PEEK = "patterns.tools.peek"
@@ -119,7 +128,7 @@ def test_status_watch_redraws_until_ctrl_c_and_exits_0(start, service, ns):
 def test_status_without_a_server_is_one_line_exit_2(env):
     from patterns.emulator import free_port
 
-    dead = {**env, helper.CONNECTION_STRING_VAR: helper.azurite_connection_string(free_port())}
+    dead = {**env, CONNECTION_STRING_VAR: azurite_connection_string(free_port())}
     result = run_script(STATUS, env=dead, timeout=30)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
@@ -231,9 +240,9 @@ def test_redrive_moves_n_back_with_original_bodies_and_a_consumer_processes_them
     tasks = [json.dumps({"id": f"redriven-{n}"}) for n in range(3)]
     make(service, qname, *tasks)
     # Poison them the way a consumer does (the helper writes the record) ...
-    monkeypatch.setenv(helper.CONNECTION_STRING_VAR, env[helper.CONNECTION_STRING_VAR])
-    monkeypatch.setattr(helper, "_service", None)
-    inbox = helper.Inbox(qname, helper.logger("test"), visibility_timeout=30)
+    monkeypatch.setenv(CONNECTION_STRING_VAR, env[CONNECTION_STRING_VAR])
+    monkeypatch.setattr(connect, "_service", None)
+    inbox = Inbox(qname, logger("test"), visibility_timeout=30)
     for message in inbox.receive(3):
         inbox.poison(message, "the bug we have fixed since")
     # ... plus one that is not a record: it goes back as it is.
@@ -275,30 +284,30 @@ KEY_STRING = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV
 
 
 def test_account_url_setting_and_which_wins(tmp_path):
-    url_only = helper.load_settings({helper.ACCOUNT_URL_VAR: URL}, tmp_path / "none")
-    assert url_only == helper.Settings("", "environment", account_url=URL)
-    both = {helper.ACCOUNT_URL_VAR: URL, helper.CONNECTION_STRING_VAR: KEY_STRING}
-    assert helper.load_settings(both, tmp_path / "none").connection_string == KEY_STRING
+    url_only = load_settings({ACCOUNT_URL_VAR: URL}, tmp_path / "none")
+    assert url_only == Settings("", "environment", account_url=URL)
+    both = {ACCOUNT_URL_VAR: URL, CONNECTION_STRING_VAR: KEY_STRING}
+    assert load_settings(both, tmp_path / "none").connection_string == KEY_STRING
     dotenv = tmp_path / ".env"
-    dotenv.write_text(f'{helper.CONNECTION_STRING_VAR}="{KEY_STRING}"\n')
+    dotenv.write_text(f'{CONNECTION_STRING_VAR}="{KEY_STRING}"\n')
     # the shell wins over .env, whichever variable each one sets
-    assert helper.load_settings({helper.ACCOUNT_URL_VAR: URL}, dotenv).account_url == URL
-    dotenv.write_text(f"{helper.ACCOUNT_URL_VAR}={URL}\n")
-    assert helper.load_settings({}, dotenv) == helper.Settings("", str(dotenv), account_url=URL)
+    assert load_settings({ACCOUNT_URL_VAR: URL}, dotenv).account_url == URL
+    dotenv.write_text(f"{ACCOUNT_URL_VAR}={URL}\n")
+    assert load_settings({}, dotenv) == Settings("", str(dotenv), account_url=URL)
 
 
 @pytest.fixture
 def entra_env(monkeypatch, tmp_path):
     """The process environment of a learner who set only AZURE_STORAGE_ACCOUNT_URL."""
     monkeypatch.chdir(tmp_path)  # no .env to find
-    monkeypatch.delenv(helper.CONNECTION_STRING_VAR, raising=False)
-    monkeypatch.setenv(helper.ACCOUNT_URL_VAR, URL)
-    monkeypatch.setattr(helper, "_service", None)
+    monkeypatch.delenv(CONNECTION_STRING_VAR, raising=False)
+    monkeypatch.setenv(ACCOUNT_URL_VAR, URL)
+    monkeypatch.setattr(connect, "_service", None)
 
 
 def test_entra_client_with_the_real_azure_identity(entra_env):
     identity = pytest.importorskip("azure.identity", reason="the optional extra `entra`")
-    client = helper.service()
+    client = connect.service()
     assert isinstance(client.credential, identity.DefaultAzureCredential)
     assert client.account_name == "acct"
     assert client.url.startswith(URL)
@@ -316,21 +325,21 @@ def test_entra_client_uses_default_azure_credential(entra_env, monkeypatch):
     fake = type(sys)("azure.identity")
     fake.DefaultAzureCredential = FakeCredential  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "azure.identity", fake)
-    client = helper.service()
+    client = connect.service()
     assert isinstance(client.credential, FakeCredential)
     assert client.url.startswith(URL)
 
 
 def test_entra_without_azure_identity_is_a_clear_fatal(entra_env, monkeypatch):
     monkeypatch.setitem(sys.modules, "azure.identity", None)  # import fails as if not installed
-    with pytest.raises(helper.Fatal, match=r"azure-identity is not installed.*\.\[entra\]") as err:
-        helper.service()
+    with pytest.raises(Fatal, match=r"azure-identity is not installed.*\.\[entra\]") as err:
+        connect.service()
     assert err.value.exit_code == 2
 
 
 def test_entra_without_azure_identity_one_line_exit_2_from_a_script(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_STORAGE")}
-    env[helper.ACCOUNT_URL_VAR] = URL
+    env[ACCOUNT_URL_VAR] = URL
     code = (
         "import sys, runpy; sys.modules['azure.identity'] = None; "
         "sys.argv = ['status']; runpy.run_module('patterns.tools.status', run_name='__main__')"
@@ -341,16 +350,16 @@ def test_entra_without_azure_identity_one_line_exit_2_from_a_script(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: {helper.ACCOUNT_URL_VAR} is set (Entra ID sign-in) but azure-identity is not "
-        f"installed: run `pip install -e '.[entra]'`, or set {helper.CONNECTION_STRING_VAR} "
+        f"error: {ACCOUNT_URL_VAR} is set (Entra ID sign-in) but azure-identity is not "
+        f"installed: run `pip install -e '.[entra]'`, or set {CONNECTION_STRING_VAR} "
         "instead"
     ]
 
 
 def test_entra_url_must_be_https(entra_env, monkeypatch):
-    monkeypatch.setenv(helper.ACCOUNT_URL_VAR, "http://acct.queue.core.windows.net/x")
+    monkeypatch.setenv(ACCOUNT_URL_VAR, "http://acct.queue.core.windows.net/x")
     fake = type(sys)("azure.identity")
     fake.DefaultAzureCredential = object  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "azure.identity", fake)
-    with pytest.raises(helper.Fatal, match="must look like https://"):
-        helper.service()
+    with pytest.raises(Fatal, match="must look like https://"):
+        connect.service()

@@ -23,7 +23,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
 from patterns.emulator import Azurite
-from patterns.helper import CONNECTION_STRING_VAR, ArgumentParser, Fatal, run
+from patterns.helper import Fatal, cli, settings
 from patterns.tools.runner import Proc, stop_all
 
 _print_lock = threading.Lock()
@@ -184,7 +184,7 @@ def priority(env: dict[str, str]) -> Row:
 
 
 def _queue(env: dict[str, str], name: str) -> QueueClient:
-    return QueueClient.from_connection_string(env[CONNECTION_STRING_VAR], name)
+    return QueueClient.from_connection_string(env[settings.CONNECTION_STRING_VAR], name)
 
 
 def _queue_exists(env: dict[str, str], name: str) -> bool:
@@ -278,7 +278,7 @@ def print_summary(rows: list[Row]) -> None:
 
 
 def main() -> int:
-    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--only", choices=sorted(SCENARIOS), action="append", help="run just these patterns"
     )
@@ -287,7 +287,7 @@ def main() -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp, Azurite(log_path=Path(tmp) / "azurite.log") as az:
         echo(f"[demo] Azurite (in memory) on 127.0.0.1:{az.port}")
-        env = {**os.environ, CONNECTION_STRING_VAR: az.connection_string}
+        env = {**os.environ, settings.CONNECTION_STRING_VAR: az.connection_string}
         for name in chosen:
             echo(f"[demo] --- {name} ---")
             try:
@@ -301,4 +301,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)
