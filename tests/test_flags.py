@@ -10,6 +10,7 @@ script's parser checks must have a row here.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import re
@@ -27,7 +28,6 @@ from conftest import assert_refused, message_count, run_script
 
 from patterns.emulator import ROOT
 from patterns.helper import Fatal
-from patterns.helper.cli import ArgumentParser
 from patterns.helper.connect import queue_name
 from patterns.helper.settings import CONNECTION_STRING_VAR, azurite_connection_string
 
@@ -193,10 +193,10 @@ def scripts() -> list[str]:
 def checked_flags(module: str, monkeypatch: pytest.MonkeyPatch) -> set[str]:
     """The flags whose value a script's parser checks (every argument with a `type=`)."""
 
-    def capture(self: ArgumentParser, *args: object, **kwargs: object) -> None:
+    def capture(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
         raise Parsed(self)
 
-    monkeypatch.setattr(ArgumentParser, "parse_args", capture)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)  # cli's and plain ones
     with pytest.raises(Parsed) as parsed:
         importlib.import_module(module).main()
     parser = parsed.value.args[0]
