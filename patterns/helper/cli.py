@@ -14,14 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from patterns.helper import Fatal
-from patterns.helper.connect import MAX_BATCH, explain, queue_name
+from patterns.helper import Fatal, connect
 
-# A consumer's defaults: consume.Inbox's, and so every consumer script's (--help shows them).
-VISIBILITY_TIMEOUT = 30  # seconds a received message stays hidden from other consumers
-MAX_ATTEMPTS = 5  # deliveries before a failing message goes to the poison queue
-BATCH_SIZE = 1  # messages per receive call
-IDLE_MAX = 1.0  # seconds: the longest wait between two polls of an empty queue
+# A consumer's defaults, in one place: consume.Inbox's, and the flags' below (--help shows them).
+VISIBILITY_TIMEOUT = 30  # seconds
+MAX_ATTEMPTS = 5
+BATCH_SIZE = 1
+IDLE_MAX = 1.0  # seconds
 
 
 # --- output and Ctrl+C ----------------------------------------------------------------------
@@ -100,14 +99,12 @@ class _HelpFormatter(argparse.HelpFormatter):
         default = action.default
         if default not in (None, "", argparse.SUPPRESS) and not isinstance(default, bool):
             if isinstance(default, float):
-                default = f"{default:g}"
+                default = f"{default:g}"  # 1.0 -> 1
             elif isinstance(default, list):
                 default = ",".join(default)
-            elif isinstance(default, str) and " " in default:
-                default = repr(default)
             notes.append(f"default {default}")
-        shown = ", ".join(note for note in notes if note).replace("%", "%%")
-        return f"{action.help or ''} ({shown})" if shown else action.help or ""
+        notes = [note.replace("%", "%%") for note in notes if note]  # argparse formats help with %
+        return f"{action.help} ({', '.join(notes)})" if notes else str(action.help)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -162,7 +159,7 @@ def seconds(*, most: float, least: float = 0, above: float | None = None) -> _Ra
 def _queue_type(consumed: bool) -> Callable[[str], str]:
     def check(text: str) -> str:
         try:
-            return queue_name(text, consumed=consumed)
+            return connect.queue_name(text, consumed=consumed)
         except Fatal as error:  # the error line names the flag
             raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -194,7 +191,7 @@ def add_consumer_arguments(
             help="simulated work per message",
         )  # fmt: skip
     parser.add_argument(
-        "--batch-size", type=whole_number(least=1, most=MAX_BATCH), default=BATCH_SIZE,
+        "--batch-size", type=whole_number(least=1, most=connect.MAX_BATCH), default=BATCH_SIZE,
         metavar="N", help="messages per receive call",
     )  # fmt: skip
     parser.add_argument(
@@ -222,7 +219,7 @@ def run(main: Callable[[], int | None]) -> NoReturn:
         print("interrupted", file=sys.stderr, flush=True)
         sys.exit(130)
     except Exception as error:
-        explained = explain(error)  # the service unreachable, refusing us, or not a queue service
+        explained = connect.explain(error)  # unreachable, refusing us, or not a queue service
         if explained is None:
             raise
         message, code = explained

@@ -18,14 +18,15 @@ from azure.storage.queue import QueueClient, QueueMessage
 
 from patterns.helper import BadMessage, Fatal, cli, codec, connect
 
-# --- the Inbox ------------------------------------------------------------------------------
-
 
 class Inbox:
-    """A queue this script consumes (cli.py holds the defaults and what each one means).
+    """A queue this script consumes. `visibility_timeout`: seconds a received message stays
+    hidden from other consumers (renewed while its work goes on); `max_attempts`: deliveries
+    before a failing message goes to `<name>-poison`; `batch_size`: messages per receive call;
+    `idle_max`: the longest wait between two polls of an empty queue. Defaults: cli.py.
 
-    A context manager: messages received but not yet settled when the script stops (Ctrl+C,
-    an error) are released at once instead of waiting out their visibility timeout.
+    A context manager: messages received but not settled when the script stops (Ctrl+C, an
+    error) are released at once instead of waiting out their visibility timeout.
     """
 
     def __init__(
