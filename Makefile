@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup test demo emulator status cleanup lint clean
+.PHONY: setup test demo bench emulator status cleanup lint clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -21,11 +21,17 @@ node_modules/.installed: package.json package-lock.json | $(VENV)/.installed
 	$(PY) -m patterns.emulator --install
 	@touch $@
 
-test: setup
+# Style first (ruff check, ruff format --check): a failure stops before the tests run.
+test: lint
 	$(PY) -m pytest
 
 demo: setup
-	$(PY) -m patterns.tools.demo
+	$(PY) -m patterns.demo
+
+# Throughput against the raw SDK ceiling, then latency (each on its own in-memory Azurite).
+bench: setup
+	$(PY) -m bench.throughput
+	$(PY) -m bench.latency
 
 # Options in ARGS too, e.g. `make emulator ARGS="--port 10002"`.
 emulator: setup

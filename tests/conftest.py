@@ -1,23 +1,23 @@
 """Shared test fixtures: one real Azurite per session (in memory, free port), unique queue
-names per test, and scripts started as subprocesses that are always stopped afterwards."""
+names per test, and scripts started as subprocesses that are always stopped afterwards. The
+shared functions are in support.py."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.storage.queue import QueueClient, QueueServiceClient
+from azure.storage.queue import QueueServiceClient
+from support import env_for
 
-from patterns.emulator import ROOT, Azurite
-from patterns.helper.settings import CONNECTION_STRING_VAR
-from patterns.tools.runner import Proc, stop_all
+from patterns.emulator import Azurite
+from patterns.runner import Proc, stop_all
 
 FIGURES = pytest.StashKey[list[str]]()
 
@@ -32,7 +32,7 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
 @pytest.fixture
 def env(azurite: Azurite) -> dict[str, str]:
     """The environment a learner's terminal would have, pointed at the test emulator."""
-    return {**os.environ, CONNECTION_STRING_VAR: azurite.connection_string}
+    return env_for(azurite)
 
 
 @pytest.fixture
@@ -63,45 +63,40 @@ def start(env: dict[str, str]) -> Iterator[Callable[..., Proc]]:
     stop_all(procs)
 
 
-def run_script(
-    module: str, *args: str, env: dict[str, str], timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """Run a script to completion, as `python -m module args`."""
-    return subprocess.run(
-        [sys.executable, "-u", "-m", module, *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+@pytest.fixture
+def disk_azurite(tmp_path: Path) -> Iterator[Azurite]:
+    """An emulator of its own that keeps its data on disk (so it survives a restart), on a
+    free port that stays the same across restarts."""
+    emulator = Azurite(data_dir=tmp_path / "data", log_path=tmp_path / "azurite.log")
+    with emulator:
+        yield emulator
 
 
-def queue(service: QueueServiceClient, name: str) -> QueueClient:
-    return service.get_queue_client(name)
+class _WebPage(BaseHTTPRequestHandler):
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        page = b"<html><body>It works!</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
-def peek_bodies(service: QueueServiceClient, name: str) -> list[str]:
-    """Bodies of the visible messages in a queue (up to 32), without taking them."""
-    return [m.content for m in service.get_queue_client(name).peek_messages(max_messages=32)]
-
-
-def message_count(service: QueueServiceClient, name: str) -> int:
-    return service.get_queue_client(name).get_queue_properties().approximate_message_count
-
-
-def requests_logged(azurite: Azurite, queue_name: str) -> int:
-    """How many requests Azurite's access log shows for one queue's messages."""
-    assert azurite.log_path is not None
-    text = Path(azurite.log_path).read_text(errors="replace")
-    return text.count(f"/{queue_name}/messages")
-
-
-def assert_refused(
-    result: subprocess.CompletedProcess[str], shown: str, exit_code: int = 2
-) -> None:
-    """An expected failure as a learner sees it: the exit code, one line that names the
-    problem, and no traceback."""
-    assert result.returncode == exit_code, result
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
-    assert shown in result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
+@pytest.fixture(scope="module")
+def web_port() -> Iterator[int]:
+    """A web server that answers 200 and a page to every request: not a queue service."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _WebPage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture

@@ -11,26 +11,23 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.queue import QueueServiceClient
-from conftest import run_script
+from support import env_for, ids_logged, message_count, run_script, wait_until
 
 from patterns.emulator import Azurite
 from patterns.helper.codec import MAX_MESSAGE_BYTES, size_as_sent
-from patterns.helper.settings import CONNECTION_STRING_VAR
-from patterns.tools.runner import Proc, stop_all
+from patterns.runner import Proc, stop_all
 
 pytestmark = pytest.mark.battery
 
@@ -53,23 +50,10 @@ RECOVERED = "answers again"
 # --- shared pieces -----------------------------------------------------------------------
 
 
-def env_for(emulator: Azurite) -> dict[str, str]:
-    return {**os.environ, CONNECTION_STRING_VAR: emulator.connection_string}
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll `condition` until it holds; the seconds it took. Fails with `what` on timeout."""
-    began = time.monotonic()
-    while not condition():
-        assert time.monotonic() - began < timeout, f"not within {timeout:g} s: {what}"
-        time.sleep(0.1)
-    return time.monotonic() - began
-
-
 def count(service: QueueServiceClient, name: str) -> int:
     """Messages in a queue, invisible ones included; 0 for a queue that does not exist."""
     try:
-        return service.get_queue_client(name).get_queue_properties().approximate_message_count
+        return message_count(service, name)
     except ResourceNotFoundError:
         return 0
 
@@ -118,15 +102,6 @@ def assert_rode_out_the_outage(proc: Proc) -> None:
     assert warned, f"{proc.label} logged no warning during the outage:\n{proc.text}"
     assert back and back[-1] > warned[0], f"{proc.label} never said the service is back"
     assert "Traceback" not in proc.text
-
-
-@pytest.fixture
-def disk_azurite(tmp_path: Path) -> Iterator[Azurite]:
-    """An emulator of its own that keeps its data on disk (so it survives a restart), on a
-    free port that stays the same across restarts."""
-    emulator = Azurite(data_dir=tmp_path / "data", log_path=tmp_path / "azurite.log")
-    with emulator:
-        yield emulator
 
 
 # --- load ----------------------------------------------------------------------------------
@@ -181,10 +156,6 @@ def test_load_2000_tasks_4_consumers_every_id_done_none_lost(tmp_path, start, fi
     assert all(ids_logged(c, "done") for c in consumers), "a consumer did no work"
     assert exits == [0] * consumers_n
     assert left == (0, 0)
-
-
-def ids_logged(proc: Proc, verb: str) -> list[str]:
-    return [m.group(1) for m in proc.matches(rf"\] {verb} (\S+)")]
 
 
 def done_ids(procs: list[Proc]) -> set[str]:

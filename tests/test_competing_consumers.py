@@ -7,24 +7,22 @@ import os
 import signal
 import time
 from collections import Counter
-from pathlib import Path
 
 from azure.storage.queue import QueueClient
-from conftest import assert_refused, message_count, peek_bodies, requests_logged, run_script
-
-from patterns.emulator import Azurite
-from patterns.tools.runner import Proc
+from support import (
+    assert_refused,
+    env_for,
+    ids_logged,
+    message_count,
+    peek_bodies,
+    requests_logged,
+    run_script,
+    send,
+    wait_until,
+)
 
 CONSUMER = "patterns.competing_consumers.consumer"
 PRODUCER = "patterns.competing_consumers.producer"
-
-
-def send(service, name, body) -> None:
-    service.get_queue_client(name).send_message(body if isinstance(body, str) else json.dumps(body))
-
-
-def ids(proc, verb: str) -> list[str]:
-    return [m.group(1) for m in proc.matches(rf"\] {verb} (\S+)")]
 
 
 def test_three_consumers_share_twenty_tasks_each_once(start, env, service, qname):
@@ -38,15 +36,13 @@ def test_three_consumers_share_twenty_tasks_each_once(start, env, service, qname
     ]
     assert len(set(sent)) == 20
 
-    deadline = time.monotonic() + 30
-    while sum(len(ids(c, "done")) for c in consumers) < 20 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: sum(len(ids_logged(c, "done")) for c in consumers) >= 20, 30, "all done")
     exits = [c.stop() for c in consumers]
 
-    done = Counter(task for c in consumers for task in ids(c, "done"))
+    done = Counter(task for c in consumers for task in ids_logged(c, "done"))
     assert sorted(done) == sorted(sent)
     assert max(done.values()) == 1, "a task was processed twice"
-    assert sum(1 for c in consumers if ids(c, "done")) > 1, "one consumer did all the work"
+    assert sum(1 for c in consumers if ids_logged(c, "done")) > 1, "one consumer did all the work"
     assert exits == [0, 0, 0]
     assert message_count(service, qname) == 0
 
@@ -123,7 +119,7 @@ def test_task_longer_than_visibility_timeout_is_processed_once(start, service, q
     time.sleep(2.5)  # the window in which an expired lease would let the rival take it
     slow.stop()
     rival.stop()
-    assert ids(slow, "took") + ids(rival, "took") == ["slow-task"]
+    assert ids_logged(slow, "took") + ids_logged(rival, "took") == ["slow-task"]
     assert message_count(service, qname) == 0
 
 
@@ -149,9 +145,9 @@ def test_idle_consumer_makes_about_one_request_per_second(start, azurite, qname)
     consumer = start(CONSUMER, "--queue", qname)
     consumer.wait_for("waiting for tasks")
     time.sleep(2)  # 0.1 + 0.2 + 0.4 + 0.8 s: the backoff reaches its 1 s ceiling
-    before = requests_logged(azurite, qname)
+    before = len(requests_logged(azurite, qname))
     time.sleep(5)
-    polls = requests_logged(azurite, qname) - before
+    polls = len(requests_logged(azurite, qname)) - before
     assert 3 <= polls <= 7, f"{polls} receive requests in 5 s"
     assert consumer.stop() == 0
 
@@ -167,29 +163,24 @@ def test_bad_queue_name_and_bad_connection_string_are_one_line_exit_2(env):
     assert "c2VjcmV0" not in result.stderr  # the key is redacted
 
 
-def test_consumer_rides_out_an_emulator_restart(tmp_path, qname):
+def test_consumer_rides_out_an_emulator_restart(disk_azurite, start, qname):
     """A transient outage while running: warn, back off, carry on when the service is back."""
-    emulator = Azurite(data_dir=tmp_path / "data", log_path=tmp_path / "azurite.log")
-    env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": emulator.connection_string}
-    with emulator:
-        consumer = Proc(CONSUMER, "--queue", qname, "--work-seconds", "0", env=env)
-        try:
-            consumer.wait_for("waiting for tasks")
-            emulator.stop()
-            consumer.wait_for("cannot reach the queue service", timeout=15)
-            emulator.start()  # same port, same data folder
-            client = QueueClient.from_connection_string(emulator.connection_string, qname)
-            client.send_message(json.dumps({"id": "after-restart"}))
-            consumer.wait_for("the queue service answers again", timeout=20)
-            consumer.wait_for("done after-restart", timeout=20)
-            assert consumer.stop() == 0
-            assert "Traceback" not in consumer.text
-        finally:
-            consumer.kill()
+    emulator = disk_azurite
+    consumer = start(CONSUMER, "--queue", qname, "--work-seconds", "0", env_=env_for(emulator))
+    consumer.wait_for("waiting for tasks")
+    emulator.stop()
+    consumer.wait_for("cannot reach the queue service", timeout=15)
+    emulator.start()  # same port, same data folder
+    client = QueueClient.from_connection_string(emulator.connection_string, qname)
+    client.send_message(json.dumps({"id": "after-restart"}))
+    consumer.wait_for("the queue service answers again", timeout=20)
+    consumer.wait_for("done after-restart", timeout=20)
+    assert consumer.stop() == 0
+    assert "Traceback" not in consumer.text
 
 
 def test_messages_that_cannot_succeed_go_to_poison_at_once(start, service, qname):
-    """Issue 10 item 5: retrying cannot help a body nested 30,000 deep or an id of the wrong
+    """Retrying cannot help a body nested 30,000 deep or an id of the wrong
     type, so they are poisoned on their first delivery, with the reason, not after 5."""
     consumer = start(
         CONSUMER, "--queue", qname, "--work-seconds", "0",
@@ -215,7 +206,7 @@ def test_messages_that_cannot_succeed_go_to_poison_at_once(start, service, qname
 
 
 def test_log_lines_name_the_application_id_beside_the_message_id(start, service, qname):
-    """Issue 10 item 16: release, failed attempt and poison lines show the task's own id."""
+    """Release, failed attempt and poison lines show the task's own id."""
     consumer = start(
         CONSUMER, "--queue", qname, "--work-seconds", "60",
         "--visibility-timeout", "1", "--max-attempts", "2",
@@ -237,7 +228,7 @@ def test_log_lines_name_the_application_id_beside_the_message_id(start, service,
 
 
 def test_a_message_the_service_cannot_hand_out_is_reported_once(start, azurite, service, qname):
-    """Issue 10 item 12. A raw \\x00 (sent by a plain SDK client, not by our scripts) is stored
+    """A raw \\x00 (sent by a plain SDK client, not by our scripts) is stored
     by Azurite, but every receive that takes it answers 500: the message is hidden and its
     dequeue count goes up, yet the answer carrying it fails, so no one gets its pop receipt
     and it can be neither processed nor deleted. The consumer warns once and goes on."""
@@ -254,13 +245,11 @@ def test_a_message_the_service_cannot_hand_out_is_reported_once(start, azurite, 
         consumer.wait_for(f"done beside-{n}", timeout=20)
 
     def failed_receives() -> int:
-        log = Path(azurite.log_path).read_text(errors="replace").splitlines()
+        log = requests_logged(azurite, qname)
         return sum(1 for line in log if f"/{qname}/messages?" in line and '" 500 ' in line)
 
-    deadline = time.monotonic() + 20
-    while failed_receives() < 3:  # it keeps coming back (every visibility timeout)
-        assert time.monotonic() < deadline, "the message did not come back"
-        time.sleep(0.2)
+    # It keeps coming back (every visibility timeout).
+    wait_until(lambda: failed_receives() >= 3, 20, "the message came back")
     send(service, qname, {"id": "still-served"})
     consumer.wait_for("done still-served")
     assert len(consumer.matches("cannot hand out")) == 1, "warned once"
@@ -300,7 +289,7 @@ def test_bare_consumer_does_the_producers_tasks_and_poisons_one_after_n_deliveri
     bare.wait_for(rf"moved message \S+ to '{qname}-poison'", timeout=30)
     bare.wait_for(r"\] done task-", count=3)
     assert bare.stop() == 0
-    assert sorted(ids(bare, "done")) == sorted(sent[1:])
+    assert sorted(ids_logged(bare, "done")) == sorted(sent[1:])
     attempts = [m.group(1) for m in bare.matches(rf"took {failing} \(attempt (\d+)\)")]
     assert attempts == ["1", "2", "3"]  # delivered 3 times, worked 3 times, then set aside
     assert [json.loads(body)["id"] for body in peek_bodies(service, f"{qname}-poison")] == [failing]
@@ -312,9 +301,10 @@ def test_bare_consumer_ctrl_c_loses_nothing_and_an_idle_one_polls_once_a_second(
     start, env, azurite, service, qname, tmp_path
 ):
     bare = start_bare(start, env, tmp_path, qname, VISIBILITY_TIMEOUT=2, WORK_SECONDS=60)
-    before = requests_logged(azurite, qname)
+    before = len(requests_logged(azurite, qname))
     time.sleep(3)
-    assert 1 <= requests_logged(azurite, qname) - before <= 5  # never a hot loop
+    polls = len(requests_logged(azurite, qname)) - before
+    assert 1 <= polls <= 5, f"{polls} receive requests in 3 s"  # never a hot loop
     send(service, qname, {"id": "long-task"})
     bare.wait_for("took long-task")
     bare.send_signal(signal.SIGINT)

@@ -17,18 +17,15 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from conftest import assert_refused, message_count, run_script
+from support import assert_refused, message_count, run_script
 
 from patterns.emulator import ROOT
-from patterns.helper import Fatal
-from patterns.helper.connect import queue_name
 from patterns.helper.settings import CONNECTION_STRING_VAR, azurite_connection_string
 
 CONSUMED = "q" * 57  # a valid queue name, but one too long for its -poison queue (64 > 63)
@@ -122,11 +119,11 @@ CASES: list[Case] = [
     Case(f"{TOOLS}.redrive", "queue", CONSUMED),
     Case(f"{TOOLS}.redrive", "--count", "0", ("tasks-queue",)),
     Case(f"{TOOLS}.status", "--interval", "0"),
-    Case(f"{TOOLS}.bench", "--count", "0"),
-    Case(f"{TOOLS}.bench_latency", "--samples", "0"),
-    Case(f"{TOOLS}.bench_latency", "--idle-max", "0"),
-    Case(f"{TOOLS}.bench_latency", "--only", "fanout"),
-    Case(f"{TOOLS}.demo", "--only", "nothing"),
+    Case("bench.throughput", "--count", "0"),
+    Case("bench.latency", "--samples", "0"),
+    Case("bench.latency", "--idle-max", "0"),
+    Case("bench.latency", "--only", "fanout"),
+    Case("patterns.demo", "--only", "nothing"),
     Case("patterns.emulator", "--port", "0"),
     Case("patterns.emulator", "--port", "65536"),
 ]
@@ -145,10 +142,7 @@ def run_against_a_silent_service(case: Case) -> Outcome:
             **os.environ,
             CONNECTION_STRING_VAR: azurite_connection_string(server.getsockname()[1]),
         }
-        result = subprocess.run(
-            [sys.executable, "-u", "-m", case.module, *case.argv],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        result = run_script(case.module, *case.argv, env=env)
         server.setblocking(False)
         try:
             server.accept()[0].close()
@@ -184,7 +178,8 @@ class Parsed(Exception):
 def scripts() -> list[str]:
     files = [
         path
-        for path in (ROOT / "patterns").rglob("*.py")
+        for folder in ("patterns", "bench")
+        for path in (ROOT / folder).rglob("*.py")
         if '__name__ == "__main__"' in path.read_text()
     ]
     return sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in files)
@@ -212,13 +207,6 @@ def checked_flags(module: str, monkeypatch: pytest.MonkeyPatch) -> set[str]:
 def test_every_checked_flag_of_every_script_is_in_the_table(module, monkeypatch):
     in_table = {case.flag for case in CASES if case.module == module}
     assert checked_flags(module, monkeypatch) <= in_table
-
-
-def test_a_consumed_queue_name_may_be_56_characters_not_57():
-    assert queue_name("q" * 56, consumed=True)
-    queue_name("q" * 57)  # any queue: fine
-    with pytest.raises(Fatal, match="at most 56"):
-        queue_name("q" * 57, consumed=True)
 
 
 # --- one rule for queues that are consumed (producers and consumers alike) ------------------

@@ -1,23 +1,44 @@
-"""Unit tests of the helper's pure parts: settings, redaction, names, sizes, backoff."""
+"""The shared helper: its pure parts as units (settings, redaction, names, sizes, backoff);
+the client it builds for Entra ID sign-in (no network); and bad configuration as a learner
+meets it, through a producer and a consumer run as subprocesses."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from azure.storage.queue import QueueClient
+from support import assert_refused, learner_env, run_script
 
+from patterns.emulator import Azurite, free_port
 from patterns.helper import BadMessage, Fatal, connect
 from patterns.helper.cli import logger
 from patterns.helper.codec import XML_FORBIDDEN, Unsendable, app_id, describe, encode, parse_json
-from patterns.helper.connect import endpoint, queue_name, unreachable_message
+from patterns.helper.connect import endpoint, queue_name, service, unreachable_message
 from patterns.helper.consume import Backoff
 from patterns.helper.settings import (
+    ACCOUNT_URL_VAR,
+    AZURITE_ACCOUNT,
+    AZURITE_PORT,
+    CONNECTION_STRING_VAR,
     Settings,
     azurite_connection_string,
     connection_string_problems,
     load_settings,
     redact,
 )
+from patterns.runner import Proc
 
 REAL = (
     "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0a2V5;"
@@ -83,6 +104,13 @@ def test_valid_queue_names(name):
 def test_invalid_queue_names_are_refused_with_the_rule(name):
     with pytest.raises(Fatal, match="3-63 lowercase letters"):
         queue_name(name)
+
+
+def test_a_consumed_queue_name_may_be_56_characters_not_57():
+    assert queue_name("q" * 56, consumed=True)
+    queue_name("q" * 57)  # any queue: fine
+    with pytest.raises(Fatal, match="at most 56"):
+        queue_name("q" * 57, consumed=True)
 
 
 def test_encode_refuses_messages_over_64_kib():
@@ -227,7 +255,7 @@ class _Stored:
     ],
 )
 def test_app_id_is_a_non_empty_printable_string_or_a_bad_message(body, reason):
-    """Issue 10 item 3: a missing or null id is not an id, and 7 is not "7"."""
+    """A missing or null id is not an id, and 7 is not "7"."""
     with pytest.raises(BadMessage, match=reason.replace("[", r"\[")):
         app_id(body)
     assert app_id({"id": "7"}) == "7"
@@ -235,7 +263,7 @@ def test_app_id_is_a_non_empty_printable_string_or_a_bad_message(body, reason):
 
 
 def test_messages_that_cannot_succeed_are_bad_messages():
-    """Issue 10 item 5: a body nested 30,000 deep or a 5,000-digit number cannot be read, ever;
+    """A body nested 30,000 deep or a 5,000-digit number cannot be read, ever;
     a forward over 64 KiB is a bad message for a consumer and still a Fatal for a producer."""
     with pytest.raises(BadMessage, match="nested too deeply"):
         parse_json(_Message("[" * 30_000 + "]" * 30_000))
@@ -248,7 +276,7 @@ def test_messages_that_cannot_succeed_are_bad_messages():
 
 
 def test_encode_never_writes_a_character_the_service_could_not_hand_out_again():
-    """Issue 10 item 12: U+FFFF or half a surrogate pair in a forwarded body would make a
+    """U+FFFF or half a surrogate pair in a forwarded body would make a
     message no receive can return; they are escaped, and the JSON means the same."""
     body = {"id": "x", "text": "\uffff \ud800 fine: ü"}
     text = encode(body)
@@ -258,7 +286,7 @@ def test_encode_never_writes_a_character_the_service_could_not_hand_out_again():
 
 
 def test_describe_names_the_application_id_beside_the_service_id():
-    """Issue 10 item 16."""
+    """The service's message id, and the application id beside it when the body has one."""
     assert describe(_Stored('{"id": "task-1"}')) == "message svc-1 (id task-1)"
     assert describe(_Stored('{"order_id": "ORD-1"}')) == "message svc-1 (order_id ORD-1)"
     assert describe(_Stored('{"correlation_id": "c"}')) == "message svc-1 (correlation_id c)"
@@ -269,3 +297,267 @@ def test_describe_names_the_application_id_beside_the_service_id():
 def test_a_log_line_stays_one_line(capsys):
     logger("one-line-test").info("took a\nb")
     assert capsys.readouterr().out.count("\n") == 1
+
+
+# --- Entra ID sign-in (client building only: no network, no Azure account) --------------
+
+URL = "https://acct.queue.core.windows.net"
+KEY_STRING = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0;EndpointSuffix=core.windows.net"  # noqa: E501
+
+
+def test_account_url_setting_and_which_wins(tmp_path):
+    url_only = load_settings({ACCOUNT_URL_VAR: URL}, tmp_path / "none")
+    assert url_only == Settings("", "environment", account_url=URL)
+    both = {ACCOUNT_URL_VAR: URL, CONNECTION_STRING_VAR: KEY_STRING}
+    assert load_settings(both, tmp_path / "none").connection_string == KEY_STRING
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f'{CONNECTION_STRING_VAR}="{KEY_STRING}"\n')
+    # the shell wins over .env, whichever variable each one sets
+    assert load_settings({ACCOUNT_URL_VAR: URL}, dotenv).account_url == URL
+    dotenv.write_text(f"{ACCOUNT_URL_VAR}={URL}\n")
+    assert load_settings({}, dotenv) == Settings("", str(dotenv), account_url=URL)
+
+
+@pytest.fixture
+def entra_env(monkeypatch, tmp_path):
+    """The process environment of a learner who set only AZURE_STORAGE_ACCOUNT_URL."""
+    monkeypatch.chdir(tmp_path)  # no .env to find
+    monkeypatch.delenv(CONNECTION_STRING_VAR, raising=False)
+    monkeypatch.setenv(ACCOUNT_URL_VAR, URL)
+    monkeypatch.setattr(connect, "_service", None)
+
+
+def test_entra_client_with_the_real_azure_identity(entra_env):
+    identity = pytest.importorskip("azure.identity", reason="the optional extra `entra`")
+    client = service()
+    assert isinstance(client.credential, identity.DefaultAzureCredential)
+    assert client.account_name == "acct"
+    assert client.url.startswith(URL)
+    assert client.get_queue_client("tasks-queue").url == f"{URL}/tasks-queue"
+
+
+def test_entra_client_uses_default_azure_credential(entra_env, monkeypatch):
+    """Runs without azure-identity installed: a stand-in module shows what the helper asks for."""
+    from azure.core.credentials import AccessToken
+
+    class FakeCredential:
+        def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+            return AccessToken("token", int(time.time()) + 3600)
+
+    fake = type(sys)("azure.identity")
+    fake.DefaultAzureCredential = FakeCredential  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "azure.identity", fake)
+    client = service()
+    assert isinstance(client.credential, FakeCredential)
+    assert client.url.startswith(URL)
+
+
+def test_entra_without_azure_identity_is_a_clear_fatal(entra_env, monkeypatch):
+    monkeypatch.setitem(sys.modules, "azure.identity", None)  # import fails as if not installed
+    with pytest.raises(Fatal, match=r"azure-identity is not installed.*\.\[entra\]") as err:
+        service()
+    assert err.value.exit_code == 2
+
+
+def test_entra_without_azure_identity_one_line_exit_2_from_a_script(tmp_path):
+    env = {**learner_env(), ACCOUNT_URL_VAR: URL}
+    code = (
+        "import sys, runpy; sys.modules['azure.identity'] = None; "
+        "sys.argv = ['status']; runpy.run_module('patterns.tools.status', run_name='__main__')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {ACCOUNT_URL_VAR} is set (Entra ID sign-in) but azure-identity is not "
+        f"installed: run `pip install -e '.[entra]'`, or set {CONNECTION_STRING_VAR} "
+        "instead"
+    ]
+
+
+def test_entra_url_must_be_https(entra_env, monkeypatch):
+    monkeypatch.setenv(ACCOUNT_URL_VAR, "http://acct.queue.core.windows.net/x")
+    fake = type(sys)("azure.identity")
+    fake.DefaultAzureCredential = object  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "azure.identity", fake)
+    with pytest.raises(Fatal, match="must look like https://"):
+        service()
+
+
+# --- bad configuration, as a learner meets it -------------------------------------------
+# Every case against a producer and a consumer run as subprocesses. Each must end in one line
+# on stderr and exit 2, with no traceback, and the key must never be shown. Also: a service
+# that hangs while a consumer runs.
+
+PRODUCER = "patterns.competing_consumers.producer"
+CONSUMER = "patterns.competing_consumers.consumer"
+SECRET = base64.b64encode(hashlib.sha512(b"a key that must never be shown").digest()).decode()
+# A run of 20+ base64 characters with a digit or + or / in it: what a key (or a part of one)
+# looks like. Plain words such as "DefaultEndpointsProtocol" are not keys, and neither is an
+# endpoint's path (".../10001/devstoreaccount1"; a query, where a SAS token would be, is kept).
+KEY_LIKE = re.compile(r"(?=[A-Za-z0-9+/]*[0-9+/])[A-Za-z0-9+/]{20,}")
+ENDPOINT = re.compile(r"https?://[^\s?]+")
+
+
+def key_like(output: str) -> list[str]:
+    pieces = {SECRET[i : i + 20] for i in range(len(SECRET) - 19)}
+    return [p for p in pieces if p in output] + KEY_LIKE.findall(ENDPOINT.sub("", output))
+
+
+def conn(port: str, key: str = SECRET) -> str:
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={key};"
+        f"QueueEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+    )
+
+
+# id: (AZURE_STORAGE_CONNECTION_STRING or None for unset, .env text or None,
+#      what the one error line says, what stdout says before it)
+# Placeholders: {key}, and the ports {azurite} (the session's), {dead} (nothing listens),
+# {hung} (accepts, never answers), {web} (a web server answering 200 to everything).
+CASES = {
+    "malformed": ("AccountKey={key};nonsense", None, "part 2 of 2 is not Name=value", ""),
+    "key-only": ("{key}", None, "looks like an account key on its own", ""),
+    "space-before-equals": (
+        "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey ={key};"
+        "EndpointSuffix=core.windows.net",
+        None,
+        "part 3 of 4 has a space around 'AccountKey'",
+        "",
+    ),
+    "wrong-key": (conn("{azurite}"), None, "refused our credentials", ""),
+    "dead-port": (
+        conn("{dead}"),
+        None,
+        "cannot reach the queue service at http://127.0.0.1:{dead}/devstoreaccount1 - ",
+        "",
+    ),
+    "hung-port": (conn("{hung}"), None, "does not answer (nothing in 5 s)", ""),
+    "not-a-queue-service": (conn("{web}"), None, "is not a queue service (HTTP 200", ""),
+    "empty-variable": (
+        "",
+        None,
+        f"cannot reach the queue service at http://127.0.0.1:{AZURITE_PORT}/devstoreaccount1",
+        f"warning: {CONNECTION_STRING_VAR} is set but empty in the environment: ignored",
+    ),
+    "bad-dotenv": (
+        None,
+        '# my settings\n\nAZURE_STORAGE_CONNECTION_STRING: "' + conn("{azurite}") + '"\n',
+        f"cannot reach the queue service at http://127.0.0.1:{AZURITE_PORT}/devstoreaccount1",
+        ".env line 3 is unreadable",
+    ),
+}
+FALLS_BACK = {"empty-variable", "bad-dotenv"}  # to the local emulator on the default port
+SLOW = {"hung-port"}  # waits out the read timeout
+
+
+@pytest.fixture(scope="module")
+def hung_port() -> Iterator[int]:
+    """A port that accepts connections and never answers (the kernel accepts for us)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server.getsockname()[1]
+
+
+@pytest.fixture
+def default_port_refused() -> Iterator[None]:
+    """Port 10001 bound but not listening, so a fallback to the default emulator is refused
+    at once, whatever else this machine runs."""
+    with socket.socket() as holder:
+        try:
+            holder.bind(("127.0.0.1", AZURITE_PORT))
+        except OSError:
+            pytest.skip(f"port {AZURITE_PORT} is in use here: the fallback would reach it")
+        yield
+
+
+def run_both(
+    env: dict[str, str], cwd: Path, queue: str
+) -> dict[str, tuple[subprocess.CompletedProcess[str], float]]:
+    """Run the producer and the consumer at the same time: each one's result, and how long
+    it took at most."""
+    began = time.monotonic()
+    procs: dict[str, subprocess.Popen[str]] = {}
+    results = {}
+    try:
+        for module in (PRODUCER, CONSUMER):
+            procs[module] = subprocess.Popen(
+                [sys.executable, "-u", "-m", module, "--queue", queue], cwd=cwd, env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+        for module, proc in procs.items():
+            out, err = proc.communicate(timeout=60)
+            result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+            results[module] = (result, time.monotonic() - began)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in CASES],
+)
+def test_bad_configuration_is_one_line_exit_2_and_never_shows_the_key(
+    case, request, azurite, hung_port, web_port, qname, tmp_path
+):
+    if case in FALLS_BACK:
+        request.getfixturevalue("default_port_refused")
+    value, dotenv, shown, said = CASES[case]
+    fill = {"key": SECRET, "azurite": azurite.port, "dead": free_port(), "hung": hung_port}
+    fill["web"] = web_port
+    env = learner_env()
+    if value is not None:
+        env[CONNECTION_STRING_VAR] = value.format(**fill)
+    if dotenv is not None:
+        (tmp_path / ".env").write_text(dotenv.format(**fill))
+    shown = shown.format(**fill)
+
+    for module, (result, took) in run_both(env, tmp_path, qname).items():
+        assert_refused(result, shown)
+        assert said in result.stdout, result.stdout
+        output = result.stdout + result.stderr
+        assert key_like(output) == [], output
+        assert took < 10, f"{module} took {took:.1f} s to say what is wrong"
+
+
+@pytest.mark.slow
+def test_a_consumer_warns_when_the_service_hangs_and_carries_on_after(tmp_path, qname):
+    """Azurite paused (SIGSTOP) takes requests but answers none: the running consumer warns,
+    a script started meanwhile says so within 10 s, and after SIGCONT all is well again."""
+    emulator = Azurite(log_path=tmp_path / "azurite.log")  # our own: the session's must run on
+    env = {**learner_env(), CONNECTION_STRING_VAR: emulator.connection_string}
+    with emulator:
+        assert emulator.process is not None
+        consumer = Proc(CONSUMER, "--queue", qname, "--work-seconds", "0", env=env)
+        paused = False
+        try:
+            consumer.wait_for("waiting for tasks")
+            os.kill(emulator.process.pid, signal.SIGSTOP)
+            paused, began = True, time.monotonic()
+            late = run_script(PRODUCER, "--queue", qname, "--count", "1", env=env)
+            started_late = time.monotonic() - began
+            assert_refused(late, "does not answer (nothing in 5 s)")
+            assert started_late < 10, f"the producer took {started_late:.1f} s to say so"
+
+            consumer.wait_for("warning: the queue service at .* does not answer", timeout=20)
+            warned = time.monotonic() - began
+            assert warned < 20, f"the consumer warned after {warned:.1f} s"  # ~11 s; margin
+
+            os.kill(emulator.process.pid, signal.SIGCONT)
+            paused = False
+            consumer.wait_for("the queue service answers again", timeout=15)
+            QueueClient.from_connection_string(env[CONNECTION_STRING_VAR], qname).send_message(
+                json.dumps({"id": "after-the-hang"})
+            )
+            consumer.wait_for("done after-the-hang")
+            assert consumer.stop() == 0
+            assert "Traceback" not in consumer.text
+        finally:
+            if paused:
+                os.kill(emulator.process.pid, signal.SIGCONT)
+            consumer.kill()

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import time
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from azure.storage.queue import QueueServiceClient
-from conftest import message_count, peek_bodies, run_script
-
-from patterns.emulator import Azurite
-from patterns.helper.settings import CONNECTION_STRING_VAR
-from patterns.tools.runner import Proc
+from support import (
+    env_for,
+    log_seconds,
+    message_count,
+    peek_bodies,
+    run_script,
+    send,
+    wait_until,
+)
 
 PRODUCER = "patterns.pipes_and_filters.producer"
 VALIDATE = "patterns.pipes_and_filters.validate"
@@ -52,13 +54,6 @@ def produce(env, q: Pipes, *args: str) -> list[str]:
         for line in result.stdout.splitlines()
         if "(amount" in line
     ]
-
-
-def wait_until(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def finished(proc) -> list[dict]:
@@ -174,22 +169,17 @@ def test_killing_enrich_mid_run_loses_no_order(start, env, service, qname):
     assert all("processed_at" in o for o in finished(final))
 
 
-def raw_send(service, name: str, text: str) -> None:
-    """Send a body exactly as given (not via json.dumps): bad input from another client."""
-    service.get_queue_client(name).send_message(text)
-
-
 def test_ids_must_be_non_empty_strings_and_are_never_duplicates_of_each_other(
     start, service, qname
 ):
-    """Issue 10 item 3: at the end of the pipe, a missing or null order_id is not an id (no
+    """At the end of the pipe, a missing or null order_id is not an id (no
     'duplicate None ignored'), and 7 is not "7"; validate turns such orders away."""
     q = pipes(qname)
     service.create_queue(q.finalize)
     for body in ({"amount": 1}, {"amount": 2}, {"order_id": None}, {"order_id": None}):
-        raw_send(service, q.finalize, json.dumps(body))
-    raw_send(service, q.finalize, json.dumps({"order_id": 7}))
-    raw_send(service, q.finalize, json.dumps({"order_id": "7"}))
+        send(service, q.finalize, json.dumps(body))
+    send(service, q.finalize, json.dumps({"order_id": 7}))
+    send(service, q.finalize, json.dumps({"order_id": "7"}))
     final = start(FINALIZE, "--input", q.finalize)
     final.wait_for("finished 7 after")
     final.wait_for(r"moved message .* to '.*-poison'", count=5)
@@ -204,17 +194,17 @@ def test_ids_must_be_non_empty_strings_and_are_never_duplicates_of_each_other(
 
     validate = start_validate(start, q)
     validate.wait_for("validating orders")
-    raw_send(service, q.validate, json.dumps({"order_id": 7, "amount": 1, "items": ["a"]}))
+    send(service, q.validate, json.dumps({"order_id": 7, "amount": 1, "items": ["a"]}))
     validate.wait_for("rejected 7: order_id must be a non-empty string")
     assert message_count(service, q.enrich) == 0
 
 
 def test_poison_and_rejected_records_never_expire(start, env, service, qname):
-    """Issue 10 item 4: a record nobody looked at for a week must still be there."""
+    """A record nobody looked at for a week must still be there."""
     q = pipes(qname)
     validate = start_validate(start, q)
     validate.wait_for("validating orders")
-    raw_send(service, q.validate, "not an order")
+    send(service, q.validate, "not an order")
     produce(env, q, "--count", "1", "--invalid")
     validate.wait_for("rejected ORD-")
     validate.wait_for(r"moved message .* to '.*-poison'")
@@ -225,7 +215,7 @@ def test_poison_and_rejected_records_never_expire(start, env, service, qname):
 
 
 def test_a_forward_over_64_kib_is_poisoned_at_once(start, service, qname):
-    """Issue 10 item 5: an order that fits but would not fit once enriched cannot be forwarded,
+    """An order that fits but would not fit once enriched cannot be forwarded,
     however often it is retried: poisoned on its first delivery, with the reason."""
     q = pipes(qname)
     enrich = start_enrich(start, q, "--visibility-timeout", "1", "--max-attempts", "5")
@@ -233,8 +223,8 @@ def test_a_forward_over_64_kib_is_poisoned_at_once(start, service, qname):
     order = {"order_id": "ORD-big", "amount": 1, "items": ["a"], "note": ""}
     room = 64 * 1024 - 100 - len(json.dumps(order, separators=(",", ":")))
     order["note"] = "x" * (room - 10)  # sent compactly it fits; re-encoded + processed_at not
-    raw_send(service, q.enrich, json.dumps(order, separators=(",", ":")))
-    raw_send(service, q.enrich, json.dumps({"order_id": "ORD-small", "amount": 1, "items": ["a"]}))
+    send(service, q.enrich, json.dumps(order, separators=(",", ":")))
+    send(service, q.enrich, json.dumps({"order_id": "ORD-small", "amount": 1, "items": ["a"]}))
     enrich.wait_for(r"moved message \S+ \(order_id ORD-big\) to '.*-poison': message is \d+ bytes")
     enrich.wait_for("enriched ORD-small")
     # The poison record's wrapper would not fit either: the body is kept as it was.
@@ -246,13 +236,13 @@ def test_a_forward_over_64_kib_is_poisoned_at_once(start, service, qname):
 
 
 def test_an_amount_must_be_finite(start, service, qname):
-    """Issue 10 item 6: 1e999 reads as infinity and NaN is no number: both rejected."""
+    """1e999 reads as infinity and NaN is no number: both rejected."""
     q = pipes(qname)
     validate = start_validate(start, q)
     validate.wait_for("validating orders")
-    raw_send(service, q.validate, '{"order_id": "ORD-inf", "amount": 1e999, "items": ["a"]}')
-    raw_send(service, q.validate, '{"order_id": "ORD-nan", "amount": NaN, "items": ["a"]}')
-    raw_send(service, q.validate, '{"order_id": "ORD-ok", "amount": 1e3, "items": ["a"]}')
+    send(service, q.validate, '{"order_id": "ORD-inf", "amount": 1e999, "items": ["a"]}')
+    send(service, q.validate, '{"order_id": "ORD-nan", "amount": NaN, "items": ["a"]}')
+    send(service, q.validate, '{"order_id": "ORD-ok", "amount": 1e3, "items": ["a"]}')
     validate.wait_for("rejected ", count=2)
     validate.wait_for("passed ORD-ok")
     reasons = {
@@ -268,7 +258,7 @@ def test_an_amount_must_be_finite(start, service, qname):
 
 
 def test_every_filter_logs_what_it_takes_and_what_it_forwards(start, env, qname):
-    """Issue 10 item 17: 'took' when a filter starts on an order (so a kill -9 can be timed
+    """'took' when a filter starts on an order (so a kill -9 can be timed
     while it holds one), then what it forwarded."""
     q = pipes(qname)
     validate = start_validate(start, q, "--work-seconds", "0.3")
@@ -286,52 +276,41 @@ def test_every_filter_logs_what_it_takes_and_what_it_forwards(start, env, qname)
             f"took {order} (attempt 1)",
             forwarded,
         ]
-        took, done = (seconds_of(line) for line in lines)
+        took, done = (log_seconds(line) for line in lines)
         assert done - took >= 0.25, "took is logged before the work, not after"
 
 
-def seconds_of(line: str) -> float:
-    stamp = datetime.strptime(line.split()[0], "%H:%M:%S.%f")
-    return stamp.hour * 3600 + stamp.minute * 60 + stamp.second + stamp.microsecond / 1e6
-
-
-def test_the_pipeline_rides_out_an_emulator_restart_with_max_attempts_1(tmp_path, qname):
-    """Issue 10 item 2: the emulator stops mid-pipeline (a filter mid-forward) and starts
-    again on the same port with its data: every order finishes, no filter exits, and nothing
-    is poisoned - an outage is not a failed attempt, even with --max-attempts 1."""
-    emulator = Azurite(data_dir=tmp_path / "data", log_path=tmp_path / "azurite.log")
-    env = {**os.environ, CONNECTION_STRING_VAR: emulator.connection_string}
+def test_the_pipeline_rides_out_an_emulator_restart_with_max_attempts_1(disk_azurite, start, qname):
+    """The emulator stops mid-pipeline (a filter mid-forward) and starts again on the same
+    port with its data: every order finishes, no filter exits, and nothing is poisoned - an
+    outage is not a failed attempt, even with --max-attempts 1."""
+    emulator, env = disk_azurite, env_for(disk_azurite)
     q = pipes(qname)
     tight = ("--max-attempts", "1", "--visibility-timeout", "3")
-    procs: list[Proc] = []
-    with emulator:
-        try:
-            for module, args in (
-                (FINALIZE, ("--input", q.finalize)),
-                (ENRICH, ("--input", q.enrich, "--output", q.finalize, "--work-seconds", "0.4")),
-                (VALIDATE, ("--input", q.validate, "--output", q.enrich,
-                            "--rejected", q.rejected, "--work-seconds", "0.1")),
-            ):  # fmt: skip
-                procs.append(Proc(module, *args, *tight, env=env))
-                procs[-1].wait_for(r"orders (from|on) ")
-            final, enrich, _ = procs
-            sent = produce(env, q, "--count", "12")
-            final.wait_for("finished ORD-", count=2, timeout=30)
-            enrich.wait_for("took ORD-", count=len(enrich.matches("enriched ORD-")) + 1)
-            emulator.stop()  # enrich is at work on an order: its forward will fail
-            for proc in procs:
-                proc.wait_for("retrying with backoff", timeout=20)
-            emulator.start()  # same port, same data folder
-            wait_until(lambda: {o["order_id"] for o in finished(final)} == set(sent), 60)
-            assert [proc.popen.poll() for proc in procs] == [None, None, None], "nobody exits"
-            for proc in procs:
-                proc.wait_for("the queue service answers again")
-            client = QueueServiceClient.from_connection_string(emulator.connection_string)
-            names = [n.name for n in client.list_queues(name_starts_with=qname)]
-            assert not [n for n in names if n.endswith("-poison")], "an outage poisoned orders"
-            assert sorted(names) == sorted(q) and message_count(client, q.rejected) == 0
-            assert [proc.stop() for proc in procs] == [0, 0, 0]
-            assert all("Traceback" not in proc.text for proc in procs)
-        finally:
-            for proc in procs:
-                proc.kill()
+    procs = []
+    for module, args in (
+        (FINALIZE, ("--input", q.finalize)),
+        (ENRICH, ("--input", q.enrich, "--output", q.finalize, "--work-seconds", "0.4")),
+        (VALIDATE, ("--input", q.validate, "--output", q.enrich,
+                    "--rejected", q.rejected, "--work-seconds", "0.1")),
+    ):  # fmt: skip
+        procs.append(start(module, *args, *tight, env_=env))
+        procs[-1].wait_for(r"orders (from|on) ")
+    final, enrich, _ = procs
+    sent = produce(env, q, "--count", "12")
+    final.wait_for("finished ORD-", count=2, timeout=30)
+    enrich.wait_for("took ORD-", count=len(enrich.matches("enriched ORD-")) + 1)
+    emulator.stop()  # enrich is at work on an order: its forward will fail
+    for proc in procs:
+        proc.wait_for("retrying with backoff", timeout=20)
+    emulator.start()  # same port, same data folder
+    wait_until(lambda: {o["order_id"] for o in finished(final)} == set(sent), 60)
+    assert [proc.popen.poll() for proc in procs] == [None, None, None], "nobody exits"
+    for proc in procs:
+        proc.wait_for("the queue service answers again")
+    client = QueueServiceClient.from_connection_string(emulator.connection_string)
+    names = [n.name for n in client.list_queues(name_starts_with=qname)]
+    assert not [n for n in names if n.endswith("-poison")], "an outage poisoned orders"
+    assert sorted(names) == sorted(q) and message_count(client, q.rejected) == 0
+    assert [proc.stop() for proc in procs] == [0, 0, 0]
+    assert all("Traceback" not in proc.text for proc in procs)

@@ -10,7 +10,7 @@ import uuid
 from collections import Counter
 
 import pytest
-from conftest import assert_refused, message_count, peek_bodies, run_script
+from support import assert_refused, message_count, peek_bodies, run_script, send, wait_until
 
 CONSUMER = "patterns.priority.consumer"
 PRODUCER = "patterns.priority.producer"
@@ -34,8 +34,7 @@ def produce(env, prefix: str, *args: str) -> list[str]:
 
 def put(service, prefix: str, level: str, task_id: str) -> None:
     """Send one task straight to a level's queue (faster than starting the producer)."""
-    body = json.dumps({"id": task_id, "text": task_id})
-    service.get_queue_client(f"{prefix}-{level}-priority").send_message(body)
+    send(service, f"{prefix}-{level}-priority", {"id": task_id, "text": task_id})
 
 
 def taken(proc) -> list[tuple[str, str]]:
@@ -102,13 +101,11 @@ def test_starvation_guard_lets_one_lower_task_through_after_n_high(start, env, p
     ]
 
 
-def test_the_seed_scenario_with_two_consumers_each_task_once(start, env, service, prefix):
+def test_the_original_scenario_with_two_consumers_each_task_once(start, env, service, prefix):
     workers = [consumer(start, prefix, work="0.2") for _ in range(2)]
     sent = produce(env, prefix)  # 5 normal, 2 urgent, 5 normal
     assert len(sent) == 12
-    deadline = time.monotonic() + 30
-    while sum(len(w.matches(r"\] done ")) for w in workers) < 12 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: sum(len(w.matches(r"\] done ")) for w in workers) >= 12, 30, "all done")
     assert [w.stop() for w in workers] == [0, 0]
     done = Counter(m.group(1) for w in workers for m in w.matches(r"\] done (\S+)"))
     assert sorted(done) == sorted(sent)

@@ -1,5 +1,7 @@
 """Keep the READMEs honest: every command they show exists, its flags exist, every script's
---help runs, and the Japanese edition shows exactly the same code blocks as the English one."""
+--help runs, the Japanese edition shows exactly the same code blocks as the English one, the
+table of contents links every section (with GitHub's anchors), and every pattern section has
+the same parts."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import re
 import shlex
 import subprocess
 import sys
+import unicodedata
+from collections import Counter
 from functools import cache
 from pathlib import Path
 
@@ -19,7 +23,8 @@ FENCE = re.compile(r"^ *```")
 PYTHON = re.compile(r"^(?:python3?|py|\.venv[/\\](?:bin|Scripts)[/\\]python)$")
 SCRIPTS = sorted(
     path
-    for path in (ROOT / "patterns").rglob("*.py")
+    for folder in ("patterns", "bench")
+    for path in (ROOT / folder).rglob("*.py")
     if '__name__ == "__main__"' in path.read_text()
 )
 
@@ -110,15 +115,20 @@ QUEUE_OPTION = {
 }
 
 
+def in_patterns(script: Path) -> str:
+    """`competing_consumers/producer.py` for patterns/competing_consumers/producer.py."""
+    return script.relative_to(ROOT).as_posix().removeprefix("patterns/")
+
+
 def test_queue_option_table_names_real_scripts():
-    assert set(QUEUE_OPTION) <= {str(path.relative_to(ROOT / "patterns")) for path in SCRIPTS}
+    assert set(QUEUE_OPTION) <= {in_patterns(path) for path in SCRIPTS}
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_script_answers_help_when_run_as_a_file(script):
     text = help_text(script)
     assert "usage:" in text
-    option = QUEUE_OPTION.get(str(script.relative_to(ROOT / "patterns")))
+    option = QUEUE_OPTION.get(in_patterns(script))
     assert option is None or option in text
 
 
@@ -127,3 +137,85 @@ def test_japanese_readme_shows_the_same_code_blocks():
     assert len(japanese) == len(english)
     for number, (en, ja) in enumerate(zip(english, japanese, strict=True), start=1):
         assert ja == en, f"code block {number} differs"
+
+
+# --- navigation: the table of contents, and the parts of each pattern section --------------
+
+
+def github_slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case; letters, marks, digits, `_`, `-` and
+    spaces kept, every other character (punctuation, symbols, full-width brackets) dropped;
+    spaces become hyphens."""
+    kept = (
+        c
+        for c in heading.lower()
+        if c in "- "
+        or unicodedata.category(c)[0] in "LM"
+        or unicodedata.category(c) in ("Nd", "Nl", "Pc")
+    )
+    return "".join(kept).replace(" ", "-")
+
+
+def test_github_slug_matches_what_github_does():
+    assert github_slug("Request/reply") == "requestreply"
+    assert github_slug("The toolbox: see, peek, redrive, clean up") == (
+        "the-toolbox-see-peek-redrive-clean-up"
+    )
+    assert github_slug("Entra ID sign-in (no account key)") == "entra-id-sign-in-no-account-key"
+    assert github_slug("パイプ＆フィルター") == "パイプフィルター"
+    assert github_slug("make を使わない場合（Windows PowerShell も）") == (
+        "make-を使わない場合windows-powershell-も"
+    )
+
+
+def headings(path: Path) -> list[tuple[int, str]]:
+    """(level, anchor) of every Markdown heading outside code blocks, in order; a repeated
+    anchor gets -1, -2 ... as on GitHub."""
+    found, seen, fenced = [], Counter[str](), False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if FENCE.match(line):
+            fenced = not fenced
+            continue
+        heading = re.match(r"^(#{1,6}) +(.+?) *#* *$", line)
+        if heading and not fenced:
+            anchor = github_slug(heading[2])
+            found.append((len(heading[1]), f"{anchor}-{seen[anchor]}" if seen[anchor] else anchor))
+            seen[anchor] += 1
+    return found
+
+
+def anchor_links(text: str) -> list[str]:
+    return re.findall(r"\]\(#([^)\s]+)\)", text)
+
+
+@pytest.mark.parametrize("readme", READMES, ids=lambda p: p.name)
+def test_the_table_of_contents_links_every_section_and_every_link_lands(readme):
+    anchors = {anchor for _, anchor in headings(readme)}
+    text = readme.read_text(encoding="utf-8")
+    links = anchor_links(text)
+    assert links, f"{readme.name}: no table of contents"
+    assert [link for link in links if link not in anchors] == [], f"{readme.name}: dead links"
+    top = text.split("\n## ", 1)[0]  # everything before the first section: the contents
+    sections = [anchor for level, anchor in headings(readme) if level == 2]
+    assert [s for s in sections if s not in anchor_links(top)] == [], f"{readme.name}: not listed"
+
+
+# Each pattern section: what it is (the text under its heading), the terminals, what to
+# notice, the trade-offs, what to try - in this order.
+PARTS = {
+    "README.md": ["**Terminal", "**What to notice**", "**Trade-offs", "**Try this**"],
+    "README.ja.md": ["**ターミナル", "**注目ポイント**", "**トレードオフ", "**試してみよう**"],
+}
+PATTERNS = ["competing-consumers", "fanout", "priority", "pipes-and-filters", "request-reply"]
+
+
+@pytest.mark.parametrize("readme", READMES, ids=lambda p: p.name)
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_every_pattern_section_has_the_same_parts_in_the_same_order(readme, pattern):
+    text = readme.read_text(encoding="utf-8")
+    section = text.split(f"<!-- BEGIN {pattern} -->")[1].split(f"<!-- END {pattern} -->")[0]
+    heading, *body = [line for line in section.splitlines() if line.strip()]
+    assert heading.startswith("## ") and not body[0].startswith("**"), "what it is, first"
+    where = [section.find(part) for part in PARTS[readme.name]]
+    assert -1 not in where, f"{pattern}: missing {PARTS[readme.name][where.index(-1)]}"
+    assert where == sorted(where), f"{pattern}: parts out of order"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shlex
 import signal
@@ -14,24 +13,22 @@ import time
 import uuid
 
 import pytest
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueServiceClient
-from conftest import message_count, peek_bodies, run_script
+from support import (
+    env_for,
+    message_count,
+    peek_bodies,
+    queue_exists,
+    run_script,
+    send,
+    wait_until,
+)
 
-from patterns.emulator import ROOT, Azurite
-from patterns.helper.settings import CONNECTION_STRING_VAR
-from patterns.tools.runner import Proc
+from patterns.emulator import ROOT
 
 REQUESTOR = "patterns.request_reply.requestor"
 REPLIER = "patterns.request_reply.replier"
-
-
-def queue_exists(service, name: str) -> bool:
-    try:
-        service.get_queue_client(name).get_queue_properties()
-    except ResourceNotFoundError:
-        return False
-    return True
 
 
 def reply_queue_of(output: str) -> str:
@@ -47,10 +44,6 @@ def start_replier(start, qname: str):
     replier = start(REPLIER, "--queue", qname, "--idle-max", "0.2")
     replier.wait_for("waiting for requests")
     return replier
-
-
-def send_request(service, qname: str, body: dict, **kwargs) -> None:
-    service.get_queue_client(qname).send_message(json.dumps(body), **kwargs)
 
 
 @pytest.fixture
@@ -135,11 +128,9 @@ def test_reply_to_a_pipeline_queue_is_refused(start, service, qname):
         service.create_queue("queue-enrich")
     before = message_count(service, "queue-enrich")
     replier = start_replier(start, qname)
-    send_request(
-        service, qname, {"correlation_id": "c-1", "reply_to": "queue-enrich", "payload": "x"}
-    )
+    send(service, qname, {"correlation_id": "c-1", "reply_to": "queue-enrich", "payload": "x"})
     gone = f"reply-{uuid.uuid4()}"  # a requestor that already gave up and deleted its queue
-    send_request(service, qname, {"correlation_id": "c-2", "reply_to": gone, "payload": "x"})
+    send(service, qname, {"correlation_id": "c-2", "reply_to": gone, "payload": "x"})
     replier.wait_for(r"moved message .* to '.*-poison': refused reply_to 'queue-enrich'")
     replier.wait_for(f"reply queue '{gone}' no longer exists")
     assert message_count(service, "queue-enrich") == before
@@ -152,8 +143,8 @@ def test_reply_to_a_pipeline_queue_is_refused(start, service, qname):
 
 def test_request_without_payload_gets_an_error_reply(start, service, qname, reply_queue):
     replier = start_replier(start, qname)
-    send_request(service, qname, {"correlation_id": "no-payload", "reply_to": reply_queue})
-    send_request(service, qname, {"correlation_id": "no-address"})  # nowhere to reply: poison
+    send(service, qname, {"correlation_id": "no-payload", "reply_to": reply_queue})
+    send(service, qname, {"correlation_id": "no-address"})  # nowhere to reply: poison
     replier.wait_for("answered no-payload")
     replier.wait_for(r"moved message .* to '.*-poison': no reply_to")
     assert [json.loads(b) for b in peek_bodies(service, reply_queue)] == [
@@ -165,51 +156,44 @@ def test_request_without_payload_gets_an_error_reply(start, service, qname, repl
 def test_an_expired_request_is_not_answered(start, service, qname, reply_queue):
     service.create_queue(qname)
     expired = {"correlation_id": "too-late", "reply_to": reply_queue, "payload": "old"}
-    send_request(service, qname, expired, time_to_live=1)
-    deadline = time.monotonic() + 10
-    while peek_bodies(service, qname):  # the service drops it once its time-to-live is over
-        assert time.monotonic() < deadline, "the request did not expire"
-        time.sleep(0.1)
+    send(service, qname, expired, time_to_live=1)
+    # The service drops it once its time-to-live is over.
+    wait_until(lambda: not peek_bodies(service, qname), 10, "the request expired")
     replier = start_replier(start, qname)
-    send_request(
-        service, qname, {"correlation_id": "fresh", "reply_to": reply_queue, "payload": "new"}
-    )
+    send(service, qname, {"correlation_id": "fresh", "reply_to": reply_queue, "payload": "new"})
     replier.wait_for("answered fresh")
     assert [json.loads(b)["correlation_id"] for b in peek_bodies(service, reply_queue)] == ["fresh"]
     assert "too-late" not in replier.text
 
 
-def test_a_reply_queue_left_by_an_outage_is_named_with_the_command_that_removes_it(tmp_path, qname):
+def test_a_reply_queue_left_by_an_outage_is_named_with_the_command_that_removes_it(
+    disk_azurite, start, qname
+):
     """Ctrl+C while the service is down: exit 130; the reply queue cannot be deleted, so the
     warning names it with the cleanup command; status shows it once the service is back, and
     that very command removes it."""
-    emulator = Azurite(data_dir=tmp_path / "data", log_path=tmp_path / "azurite.log")
-    env = {**os.environ, CONNECTION_STRING_VAR: emulator.connection_string}
-    with emulator:
-        requestor = Proc(REQUESTOR, "--queue", qname, "--timeout", "60", env=env)
-        try:
-            reply_queue = requestor.wait_for(r"waiting up to 60 s .* on '(reply-[0-9a-f-]+)'")[0][1]
-            emulator.stop()
-            requestor.send_signal(signal.SIGINT)
-            assert requestor.wait(30) == 130
-        finally:
-            requestor.kill()
-        assert "stopped by Ctrl+C with 1 reply(ies) still missing" in requestor.text
-        warning = requestor.wait_for(rf"warning: could not delete reply queue '{reply_queue}'.*")
-        command = re.search(r"remove it later with (python \S+ .*)$", warning[0][0])[1]
-        assert "Traceback" not in requestor.text
+    emulator, env = disk_azurite, env_for(disk_azurite)
+    requestor = start(REQUESTOR, "--queue", qname, "--timeout", "60", env_=env)
+    reply_queue = requestor.wait_for(r"waiting up to 60 s .* on '(reply-[0-9a-f-]+)'")[0][1]
+    emulator.stop()
+    requestor.send_signal(signal.SIGINT)
+    assert requestor.wait(30) == 130
+    assert "stopped by Ctrl+C with 1 reply(ies) still missing" in requestor.text
+    warning = requestor.wait_for(rf"warning: could not delete reply queue '{reply_queue}'.*")
+    command = re.search(r"remove it later with (python \S+ .*)$", warning[0][0])[1]
+    assert "Traceback" not in requestor.text
 
-        emulator.start()  # same port, same data folder: the queue is still there
-        status = run_script("patterns.tools.status", "--prefix", reply_queue, env=env)
-        assert re.search(rf"^request/reply\s+{reply_queue}\s+0\s+-$", status.stdout, re.M), status
-        words = shlex.split(command)
-        assert words[:2] == ["python", "patterns/tools/cleanup.py"]
-        removed = subprocess.run(
-            [sys.executable, *words[1:], "--yes"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert removed.returncode == 0, removed
-        assert f"deleted {reply_queue}" in removed.stdout
-        assert not queue_exists(
-            QueueServiceClient.from_connection_string(emulator.connection_string), reply_queue
-        )
+    emulator.start()  # same port, same data folder: the queue is still there
+    status = run_script("patterns.tools.status", "--prefix", reply_queue, env=env)
+    assert re.search(rf"^request/reply\s+{reply_queue}\s+0\s+-$", status.stdout, re.M), status
+    words = shlex.split(command)
+    assert words[:2] == ["python", "patterns/tools/cleanup.py"]
+    removed = subprocess.run(
+        [sys.executable, *words[1:], "--yes"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert removed.returncode == 0, removed
+    assert f"deleted {reply_queue}" in removed.stdout
+    assert not queue_exists(
+        QueueServiceClient.from_connection_string(emulator.connection_string), reply_queue
+    )

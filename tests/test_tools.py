@@ -1,5 +1,4 @@
-"""The learner's tools (status, peek, cleanup, redrive) against the session Azurite, and the
-Entra ID client building (no network).
+"""The learner's tools (status, peek, cleanup, redrive) against the session Azurite.
 
 Every test works under its own queue-name prefix and gives the tools that prefix, so nothing
 here sees, counts or deletes the queues of tests running beside it."""
@@ -7,27 +6,24 @@ here sees, counts or deletes the queues of tests running beside it."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 import uuid
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs
 
 import pytest
-from conftest import message_count, peek_bodies, run_script
+from azure.storage.queue import AccountSasPermissions, ResourceTypes, generate_account_sas
+from support import learner_env, message_count, peek_bodies, run_script
 
-from patterns.emulator import ROOT
-from patterns.helper import Fatal, connect
+from patterns.helper import connect
 from patterns.helper.cli import logger
 from patterns.helper.consume import Inbox
 from patterns.helper.settings import (
-    ACCOUNT_URL_VAR,
+    AZURITE_ACCOUNT,
+    AZURITE_KEY,
     CONNECTION_STRING_VAR,
-    Settings,
     azurite_connection_string,
-    load_settings,
 )
 
 STATUS = "patterns.tools.status"
@@ -135,6 +131,26 @@ def test_status_without_a_server_is_one_line_exit_2(env):
     assert "cannot reach the queue service" in result.stderr
 
 
+def test_status_with_a_sas_token_shows_the_endpoint_without_it(azurite):
+    expiry = datetime.now(timezone.utc) + timedelta(hours=1)
+    everything = ResourceTypes(service=True, container=True, object=True)
+    sas = generate_account_sas(
+        AZURITE_ACCOUNT,
+        AZURITE_KEY,
+        everything,
+        AccountSasPermissions(read=True, list=True),
+        expiry,
+    )
+    setting = f"QueueEndpoint={azurite.endpoint};SharedAccessSignature={sas}"
+    env = {**learner_env(), CONNECTION_STRING_VAR: setting}
+    result = run_script(STATUS, env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"at {azurite.endpoint} " in result.stdout
+    signature = parse_qs(sas)["sig"][0]
+    assert signature not in result.stdout + result.stderr
+    assert "sig=" not in result.stdout + result.stderr
+
+
 # --- peek -------------------------------------------------------------------------------
 
 
@@ -214,19 +230,13 @@ def test_cleanup_deletes_only_tutorial_queues(env, service, ns):
 def test_cleanup_asks_and_no_or_no_answer_deletes_nothing(env, service, ns):
     make(service, ns + "tasks-queue")
     for stdin, code in (("n\n", 0), ("", 2)):
-        result = subprocess.run(
-            [sys.executable, "-m", CLEANUP, "--prefix", ns],
-            cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+        result = run_script(CLEANUP, "--prefix", ns, env=env, input=stdin, timeout=30)
         assert result.returncode == code, result
         assert "Delete these 1 queue(s) and their messages? [y/N]" in result.stdout
     assert "add --yes" in result.stderr
     assert existing(service, ns) == {ns + "tasks-queue"}
 
-    result = subprocess.run(
-        [sys.executable, "-m", CLEANUP, "--prefix", ns],
-        cwd=ROOT, env=env, input="y\n", capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    result = run_script(CLEANUP, "--prefix", ns, env=env, input="y\n", timeout=30)
     assert result.returncode == 0
     assert existing(service, ns) == set()
 
@@ -275,91 +285,3 @@ def test_redrive_with_no_poison_queue_moves_nothing(env, service, qname):
     assert result.returncode == 0
     assert f"nothing to redrive: there is no queue '{qname}-poison'" in result.stdout
     assert existing(service, qname) == set()
-
-
-# --- Entra ID sign-in (client building only: no network, no Azure account) --------------
-
-URL = "https://acct.queue.core.windows.net"
-KEY_STRING = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0;EndpointSuffix=core.windows.net"  # noqa: E501
-
-
-def test_account_url_setting_and_which_wins(tmp_path):
-    url_only = load_settings({ACCOUNT_URL_VAR: URL}, tmp_path / "none")
-    assert url_only == Settings("", "environment", account_url=URL)
-    both = {ACCOUNT_URL_VAR: URL, CONNECTION_STRING_VAR: KEY_STRING}
-    assert load_settings(both, tmp_path / "none").connection_string == KEY_STRING
-    dotenv = tmp_path / ".env"
-    dotenv.write_text(f'{CONNECTION_STRING_VAR}="{KEY_STRING}"\n')
-    # the shell wins over .env, whichever variable each one sets
-    assert load_settings({ACCOUNT_URL_VAR: URL}, dotenv).account_url == URL
-    dotenv.write_text(f"{ACCOUNT_URL_VAR}={URL}\n")
-    assert load_settings({}, dotenv) == Settings("", str(dotenv), account_url=URL)
-
-
-@pytest.fixture
-def entra_env(monkeypatch, tmp_path):
-    """The process environment of a learner who set only AZURE_STORAGE_ACCOUNT_URL."""
-    monkeypatch.chdir(tmp_path)  # no .env to find
-    monkeypatch.delenv(CONNECTION_STRING_VAR, raising=False)
-    monkeypatch.setenv(ACCOUNT_URL_VAR, URL)
-    monkeypatch.setattr(connect, "_service", None)
-
-
-def test_entra_client_with_the_real_azure_identity(entra_env):
-    identity = pytest.importorskip("azure.identity", reason="the optional extra `entra`")
-    client = connect.service()
-    assert isinstance(client.credential, identity.DefaultAzureCredential)
-    assert client.account_name == "acct"
-    assert client.url.startswith(URL)
-    assert client.get_queue_client("tasks-queue").url == f"{URL}/tasks-queue"
-
-
-def test_entra_client_uses_default_azure_credential(entra_env, monkeypatch):
-    """Runs without azure-identity installed: a stand-in module shows what the helper asks for."""
-    from azure.core.credentials import AccessToken
-
-    class FakeCredential:
-        def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
-            return AccessToken("token", int(time.time()) + 3600)
-
-    fake = type(sys)("azure.identity")
-    fake.DefaultAzureCredential = FakeCredential  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "azure.identity", fake)
-    client = connect.service()
-    assert isinstance(client.credential, FakeCredential)
-    assert client.url.startswith(URL)
-
-
-def test_entra_without_azure_identity_is_a_clear_fatal(entra_env, monkeypatch):
-    monkeypatch.setitem(sys.modules, "azure.identity", None)  # import fails as if not installed
-    with pytest.raises(Fatal, match=r"azure-identity is not installed.*\.\[entra\]") as err:
-        connect.service()
-    assert err.value.exit_code == 2
-
-
-def test_entra_without_azure_identity_one_line_exit_2_from_a_script(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_STORAGE")}
-    env[ACCOUNT_URL_VAR] = URL
-    code = (
-        "import sys, runpy; sys.modules['azure.identity'] = None; "
-        "sys.argv = ['status']; runpy.run_module('patterns.tools.status', run_name='__main__')"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=30,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"error: {ACCOUNT_URL_VAR} is set (Entra ID sign-in) but azure-identity is not "
-        f"installed: run `pip install -e '.[entra]'`, or set {CONNECTION_STRING_VAR} "
-        "instead"
-    ]
-
-
-def test_entra_url_must_be_https(entra_env, monkeypatch):
-    monkeypatch.setenv(ACCOUNT_URL_VAR, "http://acct.queue.core.windows.net/x")
-    fake = type(sys)("azure.identity")
-    fake.DefaultAzureCredential = object  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "azure.identity", fake)
-    with pytest.raises(Fatal, match="must look like https://"):
-        connect.service()

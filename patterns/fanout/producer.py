@@ -17,12 +17,47 @@ from __future__ import annotations
 import shlex
 import time
 import uuid
+from collections.abc import Callable
+from logging import Logger
 
 from azure.core.exceptions import HttpResponseError
+from azure.storage.queue import QueueClient
 
 from patterns.helper import cli, connect
 
 DEFAULT_PREFIX = "fanout-queue-"
+
+
+def fan_out(
+    queues: list[QueueClient], message: dict[str, str], send: Callable, retries: int, log: Logger
+) -> list[str]:
+    """The same message into every queue; failed sends get `retries` more rounds. The names
+    of the queues that still miss it are returned (and logged, with how to complete the job)."""
+    pending = queues
+    for attempt in range(1 + retries):
+        if attempt:
+            names = ", ".join(queue.queue_name for queue in pending)
+            log.info(f"retry {attempt} of {retries} for: {names}")
+            time.sleep(attempt)  # give a struggling service a moment
+        failed = []
+        for queue in pending:
+            try:
+                send(queue, message)
+                log.info(f"-> sent to '{queue.queue_name}'")
+            except (HttpResponseError, *connect.UNREACHABLE) as error:
+                log.warning(f"-> could not send to '{queue.queue_name}': {type(error).__name__}")
+                failed.append(queue)
+        pending = failed
+        if not pending:
+            break
+    missing = [queue.queue_name for queue in pending]
+    if missing:  # a partial fan-out: say exactly who is missing the message, and how to fix it
+        log.error(
+            f"{message['id']} did NOT reach {len(missing)} of {len(queues)} subscriber(s): "
+            f"{', '.join(missing)}. Re-run with --id {message['id']}: subscribers that already "
+            "have it will skip it"
+        )
+    return missing
 
 
 def main() -> int:
@@ -72,33 +107,12 @@ def main() -> int:
             return 1
         log.info(f"subscribers (found by prefix '{args.prefix}'): {', '.join(queues)}")
 
-    # 2. The fan-out: the same message, with the same application id, into every queue.
-    #    The service gives each copy its own message id; ours is what ties the copies together.
+    # 2. The fan-out (above). The service gives each copy its own message id; ours, the same in
+    #    every copy, is what ties the copies together.
     message = {"id": args.id or f"msg-{uuid.uuid4().hex[:8]}", "text": args.message}
     log.info(f"publishing {message['id']}: {args.message}")
-    pending = queues
-    for attempt in range(1 + args.retries):
-        if attempt:
-            log.info(f"retry {attempt} of {args.retries} for: {', '.join(pending)}")
-            time.sleep(attempt)  # give a struggling service a moment
-        failed = []
-        for name in pending:
-            try:
-                connect.send_json(service.get_queue_client(name), message)
-                log.info(f"-> sent to '{name}'")
-            except (HttpResponseError, *connect.UNREACHABLE) as error:
-                log.warning(f"-> could not send to '{name}': {type(error).__name__}")
-                failed.append(name)
-        pending = failed
-        if not pending:
-            break
-
-    if pending:  # a partial fan-out: say exactly who is missing the message, and how to fix it
-        log.error(
-            f"{message['id']} did NOT reach {len(pending)} of {len(queues)} subscriber(s): "
-            f"{', '.join(pending)}. Re-run with --id {message['id']}: subscribers that already "
-            "have it will skip it"
-        )
+    subscribers = [service.get_queue_client(name) for name in queues]
+    if fan_out(subscribers, message, connect.send_json, args.retries, log):
         return 1
     log.info(f"published {message['id']} to {len(queues)} subscriber(s)")
     return 0

@@ -1,7 +1,7 @@
 """Measure pipes-and-filters end-to-end latency and request/reply round trips (p50/p95).
 
-    python -m patterns.tools.bench_latency              # own in-memory Azurite, ~3 minutes
-    python -m patterns.tools.bench_latency --samples 10
+    python -m bench.latency                # own in-memory Azurite, ~3 minutes
+    python -m bench.latency --samples 10
 
 The real scripts run as subprocesses (validate, enrich, finalize; replier) with their
 default settings. "Idle" samples are sent after a random 2.5-4 s pause, when every script has
@@ -26,11 +26,7 @@ from azure.storage.queue import QueueServiceClient
 
 from patterns.emulator import Azurite
 from patterns.helper import cli, consume, settings
-from patterns.tools.runner import Proc
-
-
-def echo(text: str) -> None:
-    print(text, flush=True)
+from patterns.runner import Proc, echo
 
 
 def percentiles(values: list[float]) -> str:

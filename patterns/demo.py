@@ -1,6 +1,6 @@
 """Run every pattern end to end against a private, in-memory Azurite, then print a summary.
 
-    make demo                         # or: python -m patterns.tools.demo
+    make demo                         # or: python -m patterns.demo
 
 Each script runs as a real subprocess, exactly as in the walkthrough; every output line is
 prefixed with the script's role. Exit 0 only if every pattern passed its check.
@@ -13,25 +13,16 @@ import json
 import os
 import re
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from azure.core.exceptions import ResourceNotFoundError
-from azure.storage.queue import QueueClient
+from azure.storage.queue import QueueServiceClient
 
 from patterns.emulator import Azurite
 from patterns.helper import Fatal, cli, settings
-from patterns.tools.runner import Proc, stop_all
-
-_print_lock = threading.Lock()
-
-
-def echo(line: str) -> None:
-    with _print_lock:
-        print(line, flush=True)
+from patterns.runner import Proc, echo, log_seconds, queue_exists, stop_all
 
 
 @dataclass
@@ -141,15 +132,10 @@ def fanout(env: dict[str, str]) -> Row:
 SENT = r"sent (task-\S+) to (\w+):"  # a priority producer's line
 
 
-def _clock(line: str) -> str:
-    """The `HH:MM:SS.mmm` a log line starts with (same clock for every script here)."""
-    return line.split(" ", 1)[0]
-
-
 def priority(env: dict[str, str]) -> Row:
-    """The hands-on's 5 normal, 2 urgent, 5 normal sent to a running consumer. All 12 are queued
-    while the consumer is still busy with its first task (checked), so whatever that first
-    task was, both urgent tasks must come next, before every normal task still waiting."""
+    """The original hands-on's 5 normal, 2 urgent, 5 normal sent to a running consumer. All 12
+    are queued while the consumer is still busy with its first task (checked), so whatever that
+    first task was, both urgent tasks must come next, before every normal task still waiting."""
     with stage(env) as s:
         consumer = s.start(
             "patterns.priority.consumer",
@@ -160,13 +146,13 @@ def priority(env: dict[str, str]) -> Row:
         started = time.perf_counter()
         producer = s.start("patterns.priority.producer", label="producer")
         producer_ok = producer.wait(60) == 0
-        sent = [(_clock(m.string), m.group(1), m.group(2)) for m in producer.matches(SENT)]
+        sent = [(log_seconds(m.string), m.group(1), m.group(2)) for m in producer.matches(SENT)]
         consumer.wait_for(r"\] done task-", count=len(sent) or 1, timeout=60)
         seconds = time.perf_counter() - started
         exits = s.stop_all()[:1]
     order = [m.group(1) for m in consumer.matches(r"took (task-\S+) from")]
-    first_done = [_clock(m.string) for m in consumer.matches(r"\] done task-")][:1]
-    # Log times of one machine's clock; HH:MM:SS.mmm strings compare in time order.
+    first_done = [log_seconds(m.string) for m in consumer.matches(r"\] done task-")][:1]
+    # Log times of one machine's clock (every script here logs with the same one).
     all_sent_while_busy = bool(sent and first_done) and sent[-1][0] < first_done[0]
     urgent = [task for _, task, level in sent if level == "high"]
     waiting = [task for task in order[1:] if task not in urgent]  # normal, not yet started
@@ -183,16 +169,8 @@ def priority(env: dict[str, str]) -> Row:
     return Row("priority queue", len(sent), len(order), seconds, ok, detail)
 
 
-def _queue(env: dict[str, str], name: str) -> QueueClient:
-    return QueueClient.from_connection_string(env[settings.CONNECTION_STRING_VAR], name)
-
-
-def _queue_exists(env: dict[str, str], name: str) -> bool:
-    try:
-        _queue(env, name).get_queue_properties()
-    except ResourceNotFoundError:
-        return False
-    return True
+def _service(env: dict[str, str]) -> QueueServiceClient:
+    return QueueServiceClient.from_connection_string(env[settings.CONNECTION_STRING_VAR])
 
 
 def pipes_and_filters(env: dict[str, str]) -> Row:
@@ -215,9 +193,10 @@ def pipes_and_filters(env: dict[str, str]) -> Row:
         seconds = time.perf_counter() - started
         exits = s.stop_all()[: len(filters)]
     finished = [m.group(1) for m in filters[2].matches(r"finished (ORD-\S+) after")]
+    rejected_queue = _service(env).get_queue_client("queue-rejected")
     rejected = [
         json.loads(message.content)["order"]["order_id"]
-        for message in _queue(env, "queue-rejected").peek_messages(max_messages=32)
+        for message in rejected_queue.peek_messages(max_messages=32)
     ]
     valid = [order_id for order_id in sent if not order_id.endswith("-bad")]
     ok = (
@@ -248,7 +227,7 @@ def request_reply(env: dict[str, str]) -> Row:
     matched = requestor.matches(r"reply to request (\d+): '([^']*)'")
     right = all(m.group(2) == f"HELLO WORLD {m.group(1)}" for m in matched)
     [reply_queue] = [m.group(1) for m in requestor.matches(r"on '(reply-[0-9a-f-]+)'")][:1] or [""]
-    gone = bool(reply_queue) and not _queue_exists(env, reply_queue)
+    gone = bool(reply_queue) and not queue_exists(_service(env), reply_queue)
     ok = requestor_ok and len(matched) == count and right and gone and exits == [0]
     detail = f"{len(matched)} of {count} replies matched, reply queue " + (
         "deleted" if gone else "LEFT BEHIND"

@@ -1,7 +1,9 @@
 """Run tutorial scripts as child processes, the way a learner runs them in terminals.
 
-Used by the demo and the tests: start `python -u -m patterns...`, collect its output lines
-(optionally echoing them with a `[role]` prefix), wait for a line, stop it by its PID.
+Used by the demo, the benchmarks and the tests: start `python -u -m patterns...`, collect its
+output lines (optionally echoing them with a `[role]` prefix), wait for a line, stop it by its
+PID. Also the few checks all three make: the time a log line was written, whether a queue
+exists, the requests Azurite logged for a queue; and `echo`, one whole line per print.
 """
 
 from __future__ import annotations
@@ -14,8 +16,21 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
 
-from patterns.emulator import ROOT, die_with_parent
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.queue import QueueServiceClient
+
+from patterns.emulator import ROOT, Azurite, die_with_parent
+
+_print_lock = threading.Lock()
+
+
+def echo(line: str) -> None:
+    """Print a line and flush it; lines printed by several threads at once never mix."""
+    with _print_lock:
+        print(line, flush=True)
 
 
 class Proc:
@@ -117,3 +132,27 @@ def stop_all(procs: list[Proc]) -> list[int]:
     for proc in procs:
         proc.send_signal()
     return [proc.stop() for proc in procs]
+
+
+def log_seconds(line: str) -> float:
+    """The `HH:MM:SS.mmm` a script's log line carries, as seconds since midnight."""
+    stamp = re.search(r"(\d\d:\d\d:\d\d\.\d{3})", line)
+    assert stamp is not None, line
+    parsed = datetime.strptime(stamp.group(1), "%H:%M:%S.%f")
+    return parsed.hour * 3600 + parsed.minute * 60 + parsed.second + parsed.microsecond / 1e6
+
+
+def queue_exists(service: QueueServiceClient, name: str) -> bool:
+    try:
+        service.get_queue_client(name).get_queue_properties()
+    except ResourceNotFoundError:
+        return False
+    return True
+
+
+def requests_logged(azurite: Azurite, queue_name: str) -> list[str]:
+    """The lines of Azurite's access log for requests to one queue's messages (sends,
+    receives, deletes), in the order they were served."""
+    assert azurite.log_path is not None
+    lines = Path(azurite.log_path).read_text(errors="replace").splitlines()
+    return [line for line in lines if f"/{queue_name}/messages" in line]

@@ -1,28 +1,26 @@
 """Benchmark: our scripts against the raw SDK ceiling on the same endpoint, as ratios.
 
-    python -m patterns.tools.bench            # private in-memory Azurite on a free port
+    python -m bench.throughput           # private in-memory Azurite on a free port
 
-Figures (2 cores, Azurite): see the issue notes. Nothing here is asserted by the tests; the
-targets are in DESIGN.md (producer and consumer >= 0.8 of the raw ceiling, the seed's
-20 x 2 s scenario with 3 consumers within 1.03 x the ideal 14 s, idle <= 1 request/s).
+Nothing here is asserted by the tests. The targets: producer and zero-work consumer at least
+0.8 of the raw ceiling; the original hands-on's scenario (20 tasks x 2 s, 3 consumers) within
+1.03 x the ideal 14 s; an idle consumer at most 1 request/s.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from patterns.emulator import Azurite
 from patterns.helper import cli, settings
-from patterns.tools.runner import Proc
+from patterns.runner import Proc, log_seconds, requests_logged
 
 PRODUCER = "patterns.competing_consumers.producer"
 CONSUMER = "patterns.competing_consumers.consumer"
@@ -48,13 +46,6 @@ def raw_drain(queue: QueueClient) -> float:
             queue.delete_message(message)
         done += len(batch)
     return done / (time.perf_counter() - started)
-
-
-def log_time(line: str) -> float:
-    stamp = re.search(r"(\d\d:\d\d:\d\d\.\d{3})", line)
-    assert stamp is not None, line
-    parsed = datetime.strptime(stamp.group(1), "%H:%M:%S.%f")
-    return parsed.hour * 3600 + parsed.minute * 60 + parsed.second + parsed.microsecond / 1e6
 
 
 def script_send(env: dict[str, str], queue: str, count: int, concurrency: int) -> float:
@@ -87,26 +78,27 @@ def script_drain(env: dict[str, str], queue: QueueClient, consumers: int) -> flo
             proc.stop()
 
 
-def seed_scenario(env: dict[str, str], queue: str) -> float:
-    """The seed's scenario: 20 tasks x 2 s, 3 consumers. Seconds from send to last done."""
+def hands_on_scenario(env: dict[str, str], queue: str) -> float:
+    """The original hands-on's scenario: 20 tasks x 2 s, 3 consumers. Seconds from send to last
+    done."""
     procs = [Proc(CONSUMER, "--queue", queue, env=env) for _ in range(3)]
     try:
         for proc in procs:
             proc.wait_for("waiting for tasks")
         producer = Proc(PRODUCER, "--queue", queue, "--count", "20", env=env)
         producer.wait(60)
-        first_sent = log_time(producer.matches(r"\] sent task-")[0].string)
+        first_sent = log_seconds(producer.matches(r"\] sent task-")[0].string)
         for proc in procs:
             proc.wait_for(r"\] done ", timeout=60, count=1)
         deadline = time.monotonic() + 60
         while sum(len(p.matches(r"\] done ")) for p in procs) < 20:
             if time.monotonic() > deadline:
-                raise TimeoutError("the seed scenario did not finish")
+                raise TimeoutError("the 20 x 2 s scenario did not finish")
             time.sleep(0.1)
     finally:
         for proc in procs:
             proc.stop()
-    last_done = max(log_time(m.string) for p in procs for m in p.matches(r"\] done "))
+    last_done = max(log_seconds(m.string) for p in procs for m in p.matches(r"\] done "))
     return last_done - first_sent
 
 
@@ -115,15 +107,16 @@ def idle_rate(env: dict[str, str], azurite: Azurite, queue: str, seconds: float)
     try:
         consumer.wait_for("waiting for tasks")
         time.sleep(2)  # let the backoff reach its ceiling
-        before = _requests(azurite, queue)
+        before = len(requests_logged(azurite, queue))
         time.sleep(seconds)
-        return (_requests(azurite, queue) - before) / seconds
+        return (len(requests_logged(azurite, queue)) - before) / seconds
     finally:
         consumer.stop()
 
 
-def seed_style_idle_rate(queue: QueueClient, seconds: float) -> float:
-    """The seed's idle loop, for comparison: the pager is always truthy, so it never sleeps."""
+def hot_idle_rate(queue: QueueClient, seconds: float) -> float:
+    """The original hands-on's idle loop, for comparison: the pager is always truthy, so it
+    never sleeps."""
     polls, ends = 0, time.monotonic() + seconds
     while time.monotonic() < ends:
         messages = queue.receive_messages(messages_per_page=1, visibility_timeout=30)
@@ -135,38 +128,35 @@ def seed_style_idle_rate(queue: QueueClient, seconds: float) -> float:
     return polls / seconds
 
 
-def _requests(azurite: Azurite, queue: str) -> int:
-    assert azurite.log_path is not None
-    return Path(azurite.log_path).read_text(errors="replace").count(f"/{queue}/messages")
-
-
 def main() -> int:
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--count", type=cli.whole_number(least=1), default=1000, help="messages per throughput run"
     )
-    parser.add_argument("--skip-seed", action="store_true", help="skip the 14 s seed scenario")
+    parser.add_argument(
+        "--skip-scenario", action="store_true", help="skip the 14 s scenario (20 x 2 s tasks)"
+    )
     args = parser.parse_args()
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp, Azurite(log_path=Path(tmp) / "access.log") as az:
         env = {**os.environ, settings.CONNECTION_STRING_VAR: az.connection_string}
         service = QueueServiceClient.from_connection_string(az.connection_string)
-        for name in ("raw-1", "raw-2", "ours", "seed", "idle", "hot"):
+        for name in ("raw-1", "raw-2", "ours", "scenario", "idle", "hot"):
             service.create_queue(f"bench-{name}")
         raw_1, raw_2, ours_q = (
             service.get_queue_client(f"bench-{n}") for n in ("raw-1", "raw-2", "ours")
         )
 
-        # The seed scenario and the idle rate first, while the emulator is fresh: after some
+        # The 20 x 2 s scenario and the idle rate first, while the emulator is fresh: after some
         # thousands of messages Azurite sometimes stalls for seconds (its own housekeeping).
-        if not args.skip_seed:
-            seconds = seed_scenario(env, "bench-seed")
+        if not args.skip_scenario:
+            seconds = hands_on_scenario(env, "bench-scenario")
             rows.append(("20 x 2 s tasks, 3 consumers", f"{seconds:.2f} s vs ideal 14 s",
                          f"{seconds / 14:.3f}"))  # fmt: skip
         rate = idle_rate(env, az, "bench-idle", 10)
         rows.append(("idle consumer", f"{rate:.2f} requests/s", "target <= 1"))
-        hot = seed_style_idle_rate(service.get_queue_client("bench-hot"), 3)
-        rows.append(("seed-style idle loop", f"{hot:.0f} requests/s",
+        hot = hot_idle_rate(service.get_queue_client("bench-hot"), 3)
+        rows.append(("original hands-on's idle loop", f"{hot:.0f} requests/s",
                      f"{hot / max(rate, 0.01):.0f}x"))  # fmt: skip
 
         # Raw, ours, raw again; each run sends `count` messages and drains them, so every
