@@ -25,15 +25,7 @@ from pathlib import Path
 from azure.storage.queue import QueueServiceClient
 
 from patterns.emulator import Azurite
-from patterns.helper import (
-    CONNECTION_STRING_VAR,
-    IDLE_MAX,
-    ArgumentParser,
-    Backoff,
-    Shutdown,
-    run,
-    whole_number,
-)
+from patterns.helper import cli, consume, settings
 from patterns.runner import Proc, echo
 
 
@@ -101,7 +93,7 @@ def round_trips(env: dict[str, str], client: QueueServiceClient, samples: int, *
     client.create_queue(mine)
     client.create_queue(others)
     replies = client.get_queue_client(mine)
-    never = Shutdown()
+    never = cli.Shutdown()
 
     def ask(reply_to: str) -> str:
         correlation_id = str(uuid.uuid4())
@@ -112,7 +104,7 @@ def round_trips(env: dict[str, str], client: QueueServiceClient, samples: int, *
     def round_trip() -> float:  # polls the way requestor.py does
         began = time.perf_counter()
         correlation_id = ask(mine)
-        idle = Backoff(initial=0.02, maximum=0.1)
+        idle = consume.Backoff(initial=0.02, maximum=0.1)
         while True:
             for message in replies.receive_messages(max_messages=32):
                 replies.delete_message(message)
@@ -148,20 +140,23 @@ def round_trips(env: dict[str, str], client: QueueServiceClient, samples: int, *
 
 
 def main() -> int:
-    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--samples", type=whole_number(least=1), default=20, help="idle samples (busy: 3x)"
+        "--samples", type=cli.whole_number(least=1), default=20, help="idle samples (busy: 3x)"
     )
     parser.add_argument(
         "--only", choices=("pipeline", "request-reply"), help="measure just one pattern"
     )
     parser.add_argument(
-        "--idle-max", type=IDLE_MAX, metavar="SECONDS", help="passed to the filters and the replier"
+        "--idle-max",
+        type=cli.idle_max,
+        metavar="SECONDS",
+        help="passed to the filters and the replier",
     )
     args = parser.parse_args()
     opts = ("--idle-max", f"{args.idle_max:g}") if args.idle_max else ()
     with tempfile.TemporaryDirectory() as tmp, Azurite(log_path=Path(tmp) / "az.log") as az:
-        env = {**os.environ, CONNECTION_STRING_VAR: az.connection_string}
+        env = {**os.environ, settings.CONNECTION_STRING_VAR: az.connection_string}
         client = QueueServiceClient.from_connection_string(az.connection_string)
         if args.only != "request-reply":
             pipeline(env, client, args.samples, *opts)
@@ -171,4 +166,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

@@ -19,7 +19,7 @@ from pathlib import Path
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from patterns.emulator import Azurite
-from patterns.helper import CONNECTION_STRING_VAR, ArgumentParser, run, whole_number
+from patterns.helper import cli, settings
 from patterns.runner import Proc, log_seconds, requests_logged
 
 PRODUCER = "patterns.competing_consumers.producer"
@@ -129,9 +129,9 @@ def hot_idle_rate(queue: QueueClient, seconds: float) -> float:
 
 
 def main() -> int:
-    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--count", type=whole_number(least=1), default=1000, help="messages per throughput run"
+        "--count", type=cli.whole_number(least=1), default=1000, help="messages per throughput run"
     )
     parser.add_argument(
         "--skip-scenario", action="store_true", help="skip the 14 s scenario (20 x 2 s tasks)"
@@ -139,7 +139,7 @@ def main() -> int:
     args = parser.parse_args()
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp, Azurite(log_path=Path(tmp) / "access.log") as az:
-        env = {**os.environ, CONNECTION_STRING_VAR: az.connection_string}
+        env = {**os.environ, settings.CONNECTION_STRING_VAR: az.connection_string}
         service = QueueServiceClient.from_connection_string(az.connection_string)
         for name in ("raw-1", "raw-2", "ours", "scenario", "idle", "hot"):
             service.create_queue(f"bench-{name}")
@@ -185,4 +185,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

@@ -21,9 +21,8 @@ from pathlib import Path
 
 from azure.storage.queue import QueueServiceClient
 
-from patterns import tracing
 from patterns.emulator import Azurite
-from patterns.helper import CONNECTION_STRING_VAR, ArgumentParser, Fatal, run
+from patterns.helper import Fatal, cli, settings, tracing
 from patterns.runner import Proc, echo, log_seconds, queue_exists, stop_all
 from patterns.tools import journey
 
@@ -173,7 +172,7 @@ def priority(env: dict[str, str]) -> Row:
 
 
 def _service(env: dict[str, str]) -> QueueServiceClient:
-    return QueueServiceClient.from_connection_string(env[CONNECTION_STRING_VAR])
+    return QueueServiceClient.from_connection_string(env[settings.CONNECTION_STRING_VAR])
 
 
 def pipes_and_filters(env: dict[str, str]) -> Row:
@@ -283,7 +282,7 @@ def print_summary(rows: list[Row]) -> None:
 
 
 def main() -> int:
-    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--only", choices=sorted(SCENARIOS), action="append", help="run just these patterns"
     )
@@ -292,7 +291,7 @@ def main() -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp, Azurite(log_path=Path(tmp) / "azurite.log") as az:
         echo(f"[demo] Azurite (in memory) on 127.0.0.1:{az.port}")
-        env = {**os.environ, CONNECTION_STRING_VAR: az.connection_string}
+        env = {**os.environ, settings.CONNECTION_STRING_VAR: az.connection_string}
         for name in chosen:
             echo(f"[demo] --- {name} ---")
             try:
@@ -306,4 +305,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

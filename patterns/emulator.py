@@ -31,16 +31,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from patterns.helper import (
-    AZURITE_ACCOUNT,
-    AZURITE_PORT,
-    CONNECTION_STRING_VAR,
-    ArgumentParser,
-    Fatal,
-    azurite_connection_string,
-    run,
-    whole_number,
-)
+from patterns.helper import Fatal, cli, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE_MAIN = ROOT / "node_modules" / "azurite" / "dist" / "src" / "queue" / "main.js"
@@ -140,7 +131,7 @@ def _free_port_from(port: int) -> int:
 def what_answers(port: int) -> str | None:
     """The Server header of what answers HTTP on a local port ('Azurite-Queue/3.37.0', '' if
     it names none), or None if it does not answer HTTP within 2 s."""
-    url = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}?comp=list"
+    url = f"http://127.0.0.1:{port}/{settings.AZURITE_ACCOUNT}?comp=list"
     try:
         with urllib.request.urlopen(url, timeout=2) as answer:
             return str(answer.headers.get("Server", ""))
@@ -156,7 +147,7 @@ def port_taken(port: int, server: str | None) -> str:
     if server is not None and server.startswith("Azurite-Queue"):
         use = (
             "the scripts find it there"
-            if port == AZURITE_PORT
+            if port == settings.AZURITE_PORT
             else "point the scripts at it as above"
         )
         return (
@@ -173,13 +164,13 @@ def port_taken(port: int, server: str | None) -> str:
 
 def scripts_setting(port: int) -> str:
     """The lines that point the scripts at an emulator on a port other than 10001."""
-    value = azurite_connection_string(port)
+    value = settings.azurite_connection_string(port)
     return (
-        f"The scripts use port {AZURITE_PORT} unless told otherwise. In each terminal that runs "
-        "them, set (bash, zsh):\n"
-        f'  export {CONNECTION_STRING_VAR}="{value}"\n'
+        f"The scripts use port {settings.AZURITE_PORT} unless told otherwise. In each terminal "
+        "that runs them, set (bash, zsh):\n"
+        f'  export {settings.CONNECTION_STRING_VAR}="{value}"\n'
         "or (Windows PowerShell):\n"
-        f'  $env:{CONNECTION_STRING_VAR}="{value}"\n'
+        f'  $env:{settings.CONNECTION_STRING_VAR}="{value}"\n'
         "or put the export line in .env (every terminal reads it)."
     )
 
@@ -212,11 +203,11 @@ class Azurite:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
+        return f"http://127.0.0.1:{self.port}/{settings.AZURITE_ACCOUNT}"
 
     @property
     def connection_string(self) -> str:
-        return azurite_connection_string(self.port)
+        return settings.azurite_connection_string(self.port)
 
     def start(self) -> Azurite:
         if _port_in_use(self.port):
@@ -296,19 +287,17 @@ class Azurite:
 
 
 def main() -> int:
-    parser = ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m patterns.emulator",
         description="Run Azurite (queue service) in the foreground for the walkthrough.",
     )
     parser.add_argument(
         "--port",
-        type=whole_number(least=1, most=65535),
-        default=AZURITE_PORT,
-        help="default 10001; on another port it prints the line that points the scripts at it",
+        type=cli.whole_number(least=1, most=65535),
+        default=settings.AZURITE_PORT,
+        help="on any other than the default, it prints the line that points the scripts at it",
     )
-    parser.add_argument(
-        "--location", type=Path, default=ROOT / ".azurite", help="data folder (default .azurite/)"
-    )
+    parser.add_argument("--location", type=Path, default=ROOT / ".azurite", help="data folder")
     parser.add_argument("--in-memory", action="store_true", help="keep no data on disk")
     parser.add_argument("--verbose", action="store_true", help="print Azurite's access log")
     parser.add_argument("--install", action="store_true", help="only install Azurite (npm ci)")
@@ -325,7 +314,7 @@ def main() -> int:
     )
     if _port_in_use(args.port):  # say what is there, and the way on
         server = what_answers(args.port)
-        if server and server.startswith("Azurite-Queue") and args.port != AZURITE_PORT:
+        if server and server.startswith("Azurite-Queue") and args.port != settings.AZURITE_PORT:
             print(scripts_setting(args.port), flush=True)
         raise Fatal(port_taken(args.port, server))
     with emulator:
@@ -334,7 +323,7 @@ def main() -> int:
             f"Azurite queue service ready on {emulator.endpoint} ({where}); Ctrl+C stops it",
             flush=True,
         )
-        if args.port != AZURITE_PORT:
+        if args.port != settings.AZURITE_PORT:
             print(scripts_setting(args.port), flush=True)
         try:
             while emulator.process is not None and emulator.process.poll() is None:
@@ -347,4 +336,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

@@ -20,7 +20,7 @@ from typing import Any
 from azure.storage.queue import QueueServiceClient
 
 from patterns.emulator import ROOT, Azurite
-from patterns.helper import CONNECTION_STRING_VAR
+from patterns.helper.settings import CONNECTION_STRING_VAR
 from patterns.runner import Proc, log_seconds, queue_exists, requests_logged
 
 __all__ = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections import Counter
@@ -124,7 +125,7 @@ def test_task_longer_than_visibility_timeout_is_processed_once(start, service, q
 
 def test_no_server_exits_2_quickly_with_one_line(env, azurite):
     from patterns.emulator import free_port
-    from patterns.helper import azurite_connection_string
+    from patterns.helper.settings import azurite_connection_string
 
     dead = {**env, "AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string(free_port())}
     for module in (PRODUCER, CONSUMER):
@@ -255,3 +256,61 @@ def test_a_message_the_service_cannot_hand_out_is_reported_once(start, azurite, 
     assert consumer.matches(r"\(warned once\)$")
     assert consumer.stop() == 0
     assert "Traceback" not in consumer.text
+
+
+# --- the bare consumer: the SDK alone ---------------------------------------------------------
+
+BARE = "patterns.competing_consumers.consumer_bare"
+
+
+def start_bare(start, env, tmp_path, qname, **constants):
+    """consumer_bare.py with its constants changed, as a learner would edit them."""
+    edited = tmp_path / "bare_edited.py"
+    sets = "".join(f"bare.{name} = {value!r}\n" for name, value in constants.items())
+    edited.write_text(f"import {BARE} as bare\n{sets}raise SystemExit(bare.main())\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
+    bare = start("bare_edited", "--queue", qname, label="bare", env_={**env, "PYTHONPATH": path})
+    bare.wait_for("waiting for tasks")
+    return bare
+
+
+def test_bare_consumer_does_the_producers_tasks_and_poisons_one_after_n_deliveries(
+    start, env, service, qname, tmp_path
+):
+    bare = start_bare(start, env, tmp_path, qname, VISIBILITY_TIMEOUT=1, MAX_ATTEMPTS=3,
+                      WORK_SECONDS=0)  # fmt: skip
+    producer = run_script(PRODUCER, "--queue", qname, "--count", "4", "--failing", "1", env=env)
+    assert producer.returncode == 0, producer.stderr
+    sent = [
+        line.rsplit(" ", 1)[1] for line in producer.stdout.splitlines() if "] sent task-" in line
+    ]
+    failing = sent[0]  # --failing 1: the first task asks to fail
+
+    bare.wait_for(rf"moved message \S+ to '{qname}-poison'", timeout=30)
+    bare.wait_for(r"\] done task-", count=3)
+    assert bare.stop() == 0
+    assert sorted(ids_logged(bare, "done")) == sorted(sent[1:])
+    attempts = [m.group(1) for m in bare.matches(rf"took {failing} \(attempt (\d+)\)")]
+    assert attempts == ["1", "2", "3"]  # delivered 3 times, worked 3 times, then set aside
+    assert [json.loads(body)["id"] for body in peek_bodies(service, f"{qname}-poison")] == [failing]
+    assert message_count(service, qname) == 0  # 3 done + 1 in poison: nothing lost
+    assert "stopped" in bare.text and "Traceback" not in bare.text
+
+
+def test_bare_consumer_ctrl_c_loses_nothing_and_an_idle_one_polls_once_a_second(
+    start, env, azurite, service, qname, tmp_path
+):
+    bare = start_bare(start, env, tmp_path, qname, VISIBILITY_TIMEOUT=2, WORK_SECONDS=60)
+    before = len(requests_logged(azurite, qname))
+    time.sleep(3)
+    polls = len(requests_logged(azurite, qname)) - before
+    assert 1 <= polls <= 5, f"{polls} receive requests in 3 s"  # never a hot loop
+    send(service, qname, {"id": "long-task"})
+    bare.wait_for("took long-task")
+    bare.send_signal(signal.SIGINT)
+    assert bare.wait(10) == 0
+    assert "Traceback" not in bare.text
+    assert message_count(service, qname) == 1  # not deleted: hidden until its timeout ends
+    consumer = start(CONSUMER, "--queue", qname, "--work-seconds", "0")
+    consumer.wait_for("done long-task")  # it came back, and the helper's consumer did it
+    assert consumer.stop() == 0

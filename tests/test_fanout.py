@@ -14,8 +14,8 @@ from azure.core.exceptions import ServiceRequestError
 from azure.storage.queue import QueueClient
 from support import assert_refused, message_count, peek_bodies, run_script
 
-from patterns import helper
 from patterns.fanout import producer
+from patterns.helper.connect import send_json
 
 CONSUMER = "patterns.fanout.consumer"
 PRODUCER = "patterns.fanout.producer"
@@ -181,7 +181,7 @@ def test_failed_sends_are_retried_then_named(service, prefix, failures, caplog):
         if queue.queue_name == prefix + "b" and left[0] > 0:
             left[0] -= 1
             raise ServiceRequestError("connection reset")
-        return helper.send_json(queue, body)
+        return send_json(queue, body)
 
     caplog.set_level(logging.INFO)
     log = logging.getLogger("test-fan-out")

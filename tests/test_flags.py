@@ -10,6 +10,7 @@ script's parser checks must have a row here.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import re
@@ -24,8 +25,8 @@ from typing import NamedTuple
 import pytest
 from support import assert_refused, message_count, run_script
 
-from patterns import helper
 from patterns.emulator import ROOT
+from patterns.helper.settings import CONNECTION_STRING_VAR, azurite_connection_string
 
 CONSUMED = "q" * 57  # a valid queue name, but one too long for its -poison queue (64 > 63)
 
@@ -47,7 +48,7 @@ class Case(NamedTuple):
 
 
 def consumer_flags(module: str, *before: str, work: bool = True) -> list[Case]:
-    """The options of helper.add_consumer_arguments, out of range."""
+    """The options of cli.add_consumer_arguments, out of range."""
     rows = [
         ("--batch-size", "0"),
         ("--batch-size", "33"),
@@ -140,7 +141,7 @@ def run_against_a_silent_service(case: Case) -> Outcome:
         server.listen()
         env = {
             **os.environ,
-            helper.CONNECTION_STRING_VAR: helper.azurite_connection_string(server.getsockname()[1]),
+            CONNECTION_STRING_VAR: azurite_connection_string(server.getsockname()[1]),
         }
         result = run_script(case.module, *case.argv, env=env)
         server.setblocking(False)
@@ -188,10 +189,10 @@ def scripts() -> list[str]:
 def checked_flags(module: str, monkeypatch: pytest.MonkeyPatch) -> set[str]:
     """The flags whose value a script's parser checks (every argument with a `type=`)."""
 
-    def capture(self: helper.ArgumentParser, *args: object, **kwargs: object) -> None:
+    def capture(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
         raise Parsed(self)
 
-    monkeypatch.setattr(helper.ArgumentParser, "parse_args", capture)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)  # cli's and plain ones
     with pytest.raises(Parsed) as parsed:
         importlib.import_module(module).main()
     parser = parsed.value.args[0]

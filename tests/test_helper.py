@@ -21,14 +21,22 @@ import pytest
 from azure.storage.queue import QueueClient
 from support import assert_refused, learner_env, run_script
 
-from patterns import helper
 from patterns.emulator import Azurite, free_port
-from patterns.helper import (
+from patterns.helper import BadMessage, Fatal, connect
+from patterns.helper.cli import logger
+from patterns.helper.codec import XML_FORBIDDEN, Unsendable, app_id, describe, encode, parse_json
+from patterns.helper.connect import endpoint, queue_name, service, unreachable_message
+from patterns.helper.consume import Backoff
+from patterns.helper.settings import (
+    ACCOUNT_URL_VAR,
     AZURITE_ACCOUNT,
     AZURITE_PORT,
     CONNECTION_STRING_VAR,
-    BadMessage,
-    Fatal,
+    Settings,
+    azurite_connection_string,
+    connection_string_problems,
+    load_settings,
+    redact,
 )
 from patterns.runner import Proc
 
@@ -41,14 +49,14 @@ REAL = (
 def test_environment_wins_over_dotenv(tmp_path):
     dotenv = tmp_path / ".env"
     dotenv.write_text('AZURE_STORAGE_CONNECTION_STRING="from-dotenv"\n')
-    settings = helper.load_settings({"AZURE_STORAGE_CONNECTION_STRING": REAL}, dotenv)
-    assert settings == helper.Settings(REAL, "environment")
+    settings = load_settings({"AZURE_STORAGE_CONNECTION_STRING": REAL}, dotenv)
+    assert settings == Settings(REAL, "environment")
 
 
 def test_dotenv_is_used_when_environment_is_silent(tmp_path):
     dotenv = tmp_path / ".env"
     dotenv.write_text(f'AZURE_STORAGE_CONNECTION_STRING="{REAL}"\n')
-    settings = helper.load_settings({}, dotenv)
+    settings = load_settings({}, dotenv)
     assert settings.connection_string == REAL
     assert settings.source == str(dotenv)
 
@@ -56,13 +64,13 @@ def test_dotenv_is_used_when_environment_is_silent(tmp_path):
 def test_dotenv_is_found_from_the_current_directory(tmp_path, monkeypatch):
     (tmp_path / ".env").write_text(f"AZURE_STORAGE_CONNECTION_STRING={REAL}\n")
     monkeypatch.chdir(tmp_path)
-    assert helper.load_settings({}).connection_string == REAL
+    assert load_settings({}).connection_string == REAL
 
 
 def test_default_is_local_azurite(tmp_path):
     empty = tmp_path / ".env"
     empty.write_text("# nothing here\n")
-    settings = helper.load_settings({"AZURE_STORAGE_CONNECTION_STRING": "  "}, empty)
+    settings = load_settings({"AZURE_STORAGE_CONNECTION_STRING": "  "}, empty)
     assert settings.source == "default"
     assert "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1" in settings.connection_string
 
@@ -78,15 +86,15 @@ def test_default_is_local_azurite(tmp_path):
     ],
 )
 def test_redact_hides_keys_and_signatures(secret, text):
-    redacted = helper.redact(text)
+    redacted = redact(text)
     assert secret not in redacted
     assert "***" in redacted
-    assert "AccountName=acct" in helper.redact(REAL)  # what is not secret stays readable
+    assert "AccountName=acct" in redact(REAL)  # what is not secret stays readable
 
 
 @pytest.mark.parametrize("name", ["abc", "tasks-queue", "a1-b2-c3", "x" * 63, "0-9"])
 def test_valid_queue_names(name):
-    assert helper.queue_name(name) == name
+    assert queue_name(name) == name
 
 
 @pytest.mark.parametrize(
@@ -95,22 +103,22 @@ def test_valid_queue_names(name):
 )
 def test_invalid_queue_names_are_refused_with_the_rule(name):
     with pytest.raises(Fatal, match="3-63 lowercase letters"):
-        helper.queue_name(name)
+        queue_name(name)
 
 
 def test_a_consumed_queue_name_may_be_56_characters_not_57():
-    assert helper.queue_name("q" * 56, consumed=True)
-    helper.queue_name("q" * 57)  # any queue: fine
-    with pytest.raises(helper.Fatal, match="at most 56"):
-        helper.queue_name("q" * 57, consumed=True)
+    assert queue_name("q" * 56, consumed=True)
+    queue_name("q" * 57)  # any queue: fine
+    with pytest.raises(Fatal, match="at most 56"):
+        queue_name("q" * 57, consumed=True)
 
 
 def test_encode_refuses_messages_over_64_kib():
-    assert helper.encode({"ok": "x" * 60_000})
+    assert encode({"ok": "x" * 60_000})
     with pytest.raises(Fatal, match="at most 64 KiB"):
-        helper.encode({"too-big": "x" * 66_000})
+        encode({"too-big": "x" * 66_000})
     with pytest.raises(Fatal, match="at most 64 KiB"):  # XML escaping makes '&' five bytes
-        helper.encode({"escaped": "&" * 14_000})
+        encode({"escaped": "&" * 14_000})
 
 
 class _Message:
@@ -124,7 +132,7 @@ class _Message:
 )
 def test_parse_json_rejects_what_cannot_be_processed(content, reason):
     with pytest.raises(BadMessage, match=reason):
-        helper.parse_json(_Message(content))
+        parse_json(_Message(content))
 
 
 def test_backoff_doubles_to_its_ceiling_and_resets():
@@ -137,7 +145,7 @@ def test_backoff_doubles_to_its_ceiling_and_resets():
             return False
 
     sleeper = NoSleep()
-    backoff = helper.Backoff(0.1, 1.0)
+    backoff = Backoff(0.1, 1.0)
     for _ in range(6):
         backoff.wait(sleeper)
     backoff.reset()
@@ -169,21 +177,21 @@ SAS = "QueueEndpoint=https://acct.queue.core.windows.net;SharedAccessSignature=s
     ],
 )
 def test_connection_string_problems_are_named_without_any_value(text, problem):
-    problems = "; ".join(helper.connection_string_problems(text))
+    problems = "; ".join(connection_string_problems(text))
     assert problem in problems
     assert KEY[:20] not in problems and "acct" not in problems
 
 
 @pytest.mark.parametrize(
     "text",
-    [REAL, REAL + ";", helper.azurite_connection_string(), SAS, "UseDevelopmentStorage=true"],
+    [REAL, REAL + ";", azurite_connection_string(), SAS, "UseDevelopmentStorage=true"],
 )
 def test_good_connection_strings_have_no_problems(text):
-    assert helper.connection_string_problems(text) == []
+    assert connection_string_problems(text) == []
 
 
 def test_an_empty_variable_is_noted_before_falling_back(tmp_path):
-    settings = helper.load_settings({"AZURE_STORAGE_CONNECTION_STRING": ""}, tmp_path / "none")
+    settings = load_settings({"AZURE_STORAGE_CONNECTION_STRING": ""}, tmp_path / "none")
     assert settings.source == "default"
     assert settings.notes == (
         "AZURE_STORAGE_CONNECTION_STRING is set but empty in the environment: ignored",
@@ -195,7 +203,7 @@ def test_unreadable_dotenv_lines_are_noted_by_number_only(tmp_path):
     dotenv.write_text(
         f'# my settings\n\nAZURE_STORAGE_CONNECTION_STRING: "{REAL}"\nOTHER=1\nbroken "line\n'
     )
-    settings = helper.load_settings({}, dotenv)
+    settings = load_settings({}, dotenv)
     assert settings.source == "default"
     assert settings.notes == (
         f"{dotenv} line 3 is unreadable (expected NAME=value): ignored",
@@ -207,14 +215,14 @@ def test_unreadable_dotenv_lines_are_noted_by_number_only(tmp_path):
 def test_dotenv_is_not_read_when_the_environment_has_the_setting(tmp_path):
     dotenv = tmp_path / ".env"
     dotenv.write_text("this line does not parse\n")
-    settings = helper.load_settings({"AZURE_STORAGE_CONNECTION_STRING": REAL}, dotenv)
-    assert settings == helper.Settings(REAL, "environment")
+    settings = load_settings({"AZURE_STORAGE_CONNECTION_STRING": REAL}, dotenv)
+    assert settings == Settings(REAL, "environment")
 
 
 def test_an_empty_dotenv_variable_is_noted(tmp_path):
     dotenv = tmp_path / ".env"
     dotenv.write_text('AZURE_STORAGE_CONNECTION_STRING=""\n')
-    assert helper.load_settings({}, dotenv).notes == (
+    assert load_settings({}, dotenv).notes == (
         f"AZURE_STORAGE_CONNECTION_STRING is set but empty in {dotenv}: ignored",
     )
 
@@ -222,9 +230,9 @@ def test_an_empty_dotenv_variable_is_noted(tmp_path):
 def test_the_endpoint_is_shown_without_sas_token_or_trailing_slash(monkeypatch):
     sas = "QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;SharedAccessSignature=sv=1&sig=c2Vj"
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", sas)
-    monkeypatch.setattr(helper, "_service", None)
-    assert helper.endpoint() == "http://127.0.0.1:9/devstoreaccount1"
-    message = helper.unreachable_message(ConnectionError())
+    monkeypatch.setattr(connect, "_service", None)
+    assert endpoint() == "http://127.0.0.1:9/devstoreaccount1"
+    message = unreachable_message(ConnectionError())
     assert "http://127.0.0.1:9/devstoreaccount1 - is the emulator running?" in message
     assert "sig" not in message
 
@@ -249,20 +257,20 @@ class _Stored:
 def test_app_id_is_a_non_empty_printable_string_or_a_bad_message(body, reason):
     """A missing or null id is not an id, and 7 is not "7"."""
     with pytest.raises(BadMessage, match=reason.replace("[", r"\[")):
-        helper.app_id(body)
-    assert helper.app_id({"id": "7"}) == "7"
-    assert helper.app_id({"order_id": "ORD-1"}, "order_id") == "ORD-1"
+        app_id(body)
+    assert app_id({"id": "7"}) == "7"
+    assert app_id({"order_id": "ORD-1"}, "order_id") == "ORD-1"
 
 
 def test_messages_that_cannot_succeed_are_bad_messages():
     """A body nested 30,000 deep or a 5,000-digit number cannot be read, ever;
     a forward over 64 KiB is a bad message for a consumer and still a Fatal for a producer."""
     with pytest.raises(BadMessage, match="nested too deeply"):
-        helper.parse_json(_Message("[" * 30_000 + "]" * 30_000))
+        parse_json(_Message("[" * 30_000 + "]" * 30_000))
     with pytest.raises(BadMessage, match="unreadable JSON"):
-        helper.parse_json(_Message('{"id": ' + "1" * 5000 + "}"))
-    with pytest.raises(helper.Unsendable) as raised:
-        helper.encode({"too-big": "x" * 66_000})
+        parse_json(_Message('{"id": ' + "1" * 5000 + "}"))
+    with pytest.raises(Unsendable) as raised:
+        encode({"too-big": "x" * 66_000})
     assert isinstance(raised.value, BadMessage) and isinstance(raised.value, Fatal)
     assert raised.value.exit_code == 2
 
@@ -271,23 +279,23 @@ def test_encode_never_writes_a_character_the_service_could_not_hand_out_again():
     """U+FFFF or half a surrogate pair in a forwarded body would make a
     message no receive can return; they are escaped, and the JSON means the same."""
     body = {"id": "x", "text": "\uffff \ud800 fine: ü"}
-    text = helper.encode(body)
-    assert not helper.XML_FORBIDDEN.search(text)
+    text = encode(body)
+    assert not XML_FORBIDDEN.search(text)
     assert json.loads(text) == body
-    assert "ü" in helper.encode({"text": "ü"})  # ordinary text stays readable
+    assert "ü" in encode({"text": "ü"})  # ordinary text stays readable
 
 
 def test_describe_names_the_application_id_beside_the_service_id():
     """The service's message id, and the application id beside it when the body has one."""
-    assert helper.describe(_Stored('{"id": "task-1"}')) == "message svc-1 (id task-1)"
-    assert helper.describe(_Stored('{"order_id": "ORD-1"}')) == "message svc-1 (order_id ORD-1)"
-    assert helper.describe(_Stored('{"correlation_id": "c"}')) == "message svc-1 (correlation_id c)"
+    assert describe(_Stored('{"id": "task-1"}')) == "message svc-1 (id task-1)"
+    assert describe(_Stored('{"order_id": "ORD-1"}')) == "message svc-1 (order_id ORD-1)"
+    assert describe(_Stored('{"correlation_id": "c"}')) == "message svc-1 (correlation_id c)"
     for content in ("not JSON", '{"id": 7}', "[" * 30_000, "", None):
-        assert helper.describe(_Stored(content)) == "message svc-1"
+        assert describe(_Stored(content)) == "message svc-1"
 
 
 def test_a_log_line_stays_one_line(capsys):
-    helper.logger("one-line-test").info("took a\nb")
+    logger("one-line-test").info("took a\nb")
     assert capsys.readouterr().out.count("\n") == 1
 
 
@@ -298,30 +306,30 @@ KEY_STRING = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV
 
 
 def test_account_url_setting_and_which_wins(tmp_path):
-    url_only = helper.load_settings({helper.ACCOUNT_URL_VAR: URL}, tmp_path / "none")
-    assert url_only == helper.Settings("", "environment", account_url=URL)
-    both = {helper.ACCOUNT_URL_VAR: URL, helper.CONNECTION_STRING_VAR: KEY_STRING}
-    assert helper.load_settings(both, tmp_path / "none").connection_string == KEY_STRING
+    url_only = load_settings({ACCOUNT_URL_VAR: URL}, tmp_path / "none")
+    assert url_only == Settings("", "environment", account_url=URL)
+    both = {ACCOUNT_URL_VAR: URL, CONNECTION_STRING_VAR: KEY_STRING}
+    assert load_settings(both, tmp_path / "none").connection_string == KEY_STRING
     dotenv = tmp_path / ".env"
-    dotenv.write_text(f'{helper.CONNECTION_STRING_VAR}="{KEY_STRING}"\n')
+    dotenv.write_text(f'{CONNECTION_STRING_VAR}="{KEY_STRING}"\n')
     # the shell wins over .env, whichever variable each one sets
-    assert helper.load_settings({helper.ACCOUNT_URL_VAR: URL}, dotenv).account_url == URL
-    dotenv.write_text(f"{helper.ACCOUNT_URL_VAR}={URL}\n")
-    assert helper.load_settings({}, dotenv) == helper.Settings("", str(dotenv), account_url=URL)
+    assert load_settings({ACCOUNT_URL_VAR: URL}, dotenv).account_url == URL
+    dotenv.write_text(f"{ACCOUNT_URL_VAR}={URL}\n")
+    assert load_settings({}, dotenv) == Settings("", str(dotenv), account_url=URL)
 
 
 @pytest.fixture
 def entra_env(monkeypatch, tmp_path):
     """The process environment of a learner who set only AZURE_STORAGE_ACCOUNT_URL."""
     monkeypatch.chdir(tmp_path)  # no .env to find
-    monkeypatch.delenv(helper.CONNECTION_STRING_VAR, raising=False)
-    monkeypatch.setenv(helper.ACCOUNT_URL_VAR, URL)
-    monkeypatch.setattr(helper, "_service", None)
+    monkeypatch.delenv(CONNECTION_STRING_VAR, raising=False)
+    monkeypatch.setenv(ACCOUNT_URL_VAR, URL)
+    monkeypatch.setattr(connect, "_service", None)
 
 
 def test_entra_client_with_the_real_azure_identity(entra_env):
     identity = pytest.importorskip("azure.identity", reason="the optional extra `entra`")
-    client = helper.service()
+    client = service()
     assert isinstance(client.credential, identity.DefaultAzureCredential)
     assert client.account_name == "acct"
     assert client.url.startswith(URL)
@@ -339,20 +347,20 @@ def test_entra_client_uses_default_azure_credential(entra_env, monkeypatch):
     fake = type(sys)("azure.identity")
     fake.DefaultAzureCredential = FakeCredential  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "azure.identity", fake)
-    client = helper.service()
+    client = service()
     assert isinstance(client.credential, FakeCredential)
     assert client.url.startswith(URL)
 
 
 def test_entra_without_azure_identity_is_a_clear_fatal(entra_env, monkeypatch):
     monkeypatch.setitem(sys.modules, "azure.identity", None)  # import fails as if not installed
-    with pytest.raises(helper.Fatal, match=r"azure-identity is not installed.*\.\[entra\]") as err:
-        helper.service()
+    with pytest.raises(Fatal, match=r"azure-identity is not installed.*\.\[entra\]") as err:
+        service()
     assert err.value.exit_code == 2
 
 
 def test_entra_without_azure_identity_one_line_exit_2_from_a_script(tmp_path):
-    env = {**learner_env(), helper.ACCOUNT_URL_VAR: URL}
+    env = {**learner_env(), ACCOUNT_URL_VAR: URL}
     code = (
         "import sys, runpy; sys.modules['azure.identity'] = None; "
         "sys.argv = ['status']; runpy.run_module('patterns.tools.status', run_name='__main__')"
@@ -363,19 +371,19 @@ def test_entra_without_azure_identity_one_line_exit_2_from_a_script(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: {helper.ACCOUNT_URL_VAR} is set (Entra ID sign-in) but azure-identity is not "
-        f"installed: run `pip install -e '.[entra]'`, or set {helper.CONNECTION_STRING_VAR} "
+        f"error: {ACCOUNT_URL_VAR} is set (Entra ID sign-in) but azure-identity is not "
+        f"installed: run `pip install -e '.[entra]'`, or set {CONNECTION_STRING_VAR} "
         "instead"
     ]
 
 
 def test_entra_url_must_be_https(entra_env, monkeypatch):
-    monkeypatch.setenv(helper.ACCOUNT_URL_VAR, "http://acct.queue.core.windows.net/x")
+    monkeypatch.setenv(ACCOUNT_URL_VAR, "http://acct.queue.core.windows.net/x")
     fake = type(sys)("azure.identity")
     fake.DefaultAzureCredential = object  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "azure.identity", fake)
-    with pytest.raises(helper.Fatal, match="must look like https://"):
-        helper.service()
+    with pytest.raises(Fatal, match="must look like https://"):
+        service()
 
 
 # --- bad configuration, as a learner meets it -------------------------------------------

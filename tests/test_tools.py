@@ -16,7 +16,15 @@ import pytest
 from azure.storage.queue import AccountSasPermissions, ResourceTypes, generate_account_sas
 from support import learner_env, message_count, peek_bodies, run_script
 
-from patterns import helper
+from patterns.helper import connect
+from patterns.helper.cli import logger
+from patterns.helper.consume import Inbox
+from patterns.helper.settings import (
+    AZURITE_ACCOUNT,
+    AZURITE_KEY,
+    CONNECTION_STRING_VAR,
+    azurite_connection_string,
+)
 
 STATUS = "patterns.tools.status"
 PEEK = "patterns.tools.peek"
@@ -116,7 +124,7 @@ def test_status_watch_redraws_until_ctrl_c_and_exits_0(start, service, ns):
 def test_status_without_a_server_is_one_line_exit_2(env):
     from patterns.emulator import free_port
 
-    dead = {**env, helper.CONNECTION_STRING_VAR: helper.azurite_connection_string(free_port())}
+    dead = {**env, CONNECTION_STRING_VAR: azurite_connection_string(free_port())}
     result = run_script(STATUS, env=dead, timeout=30)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
@@ -127,14 +135,14 @@ def test_status_with_a_sas_token_shows_the_endpoint_without_it(azurite):
     expiry = datetime.now(timezone.utc) + timedelta(hours=1)
     everything = ResourceTypes(service=True, container=True, object=True)
     sas = generate_account_sas(
-        helper.AZURITE_ACCOUNT,
-        helper.AZURITE_KEY,
+        AZURITE_ACCOUNT,
+        AZURITE_KEY,
         everything,
         AccountSasPermissions(read=True, list=True),
         expiry,
     )
     setting = f"QueueEndpoint={azurite.endpoint};SharedAccessSignature={sas}"
-    env = {**learner_env(), helper.CONNECTION_STRING_VAR: setting}
+    env = {**learner_env(), CONNECTION_STRING_VAR: setting}
     result = run_script(STATUS, env=env)
     assert result.returncode == 0, result.stderr
     assert f"at {azurite.endpoint} " in result.stdout
@@ -242,9 +250,9 @@ def test_redrive_moves_n_back_with_original_bodies_and_a_consumer_processes_them
     tasks = [json.dumps({"id": f"redriven-{n}"}) for n in range(3)]
     make(service, qname, *tasks)
     # Poison them the way a consumer does (the helper writes the record) ...
-    monkeypatch.setenv(helper.CONNECTION_STRING_VAR, env[helper.CONNECTION_STRING_VAR])
-    monkeypatch.setattr(helper, "_service", None)
-    inbox = helper.Inbox(qname, helper.logger("test"), visibility_timeout=30)
+    monkeypatch.setenv(CONNECTION_STRING_VAR, env[CONNECTION_STRING_VAR])
+    monkeypatch.setattr(connect, "_service", None)
+    inbox = Inbox(qname, logger("test"), visibility_timeout=30)
     for message in inbox.receive(3):
         inbox.poison(message, "the bug we have fixed since")
     # ... plus one that is not a record: it goes back as it is.

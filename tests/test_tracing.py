@@ -16,7 +16,7 @@ from pathlib import Path
 from azure.storage.queue import QueueServiceClient
 from support import assert_refused, run_script, wait_until
 
-from patterns import tracing
+from patterns.helper import tracing
 from patterns.tools import journey
 
 PRODUCER = "patterns.pipes_and_filters.producer"
@@ -38,7 +38,7 @@ def test_off_by_default_imports_no_opentelemetry(env, qname) -> None:
     quiet = {k: v for k, v in env.items() if not k.startswith("OTEL_")}
     result = run_script(PRODUCER, "--output", qname, env={**quiet, "PYTHONPROFILEIMPORTTIME": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "patterns.tracing" in result.stderr  # the import log is there, and complete
+    assert "patterns.helper.tracing" in result.stderr  # the import log is there, and complete
     assert "opentelemetry" not in result.stderr
     assert "traceparent" not in json.dumps(result.stdout)
     # the same run switched on does import it: the check above can fail
@@ -132,8 +132,8 @@ def test_poisoned_message_trace_ends_in_poison_event(env, qname, start, tmp_path
     on = traced(env, path)
     enrich = start(ENRICH, "--input", qname, "--output", f"{qname}-out", env_=on)
     send = (
-        "from patterns import helper; "
-        f"helper.send_json(helper.open_queue('{qname}'), {{'order_id': 7, 'amount': 1}})"
+        "from patterns.helper import connect; "
+        f"connect.send_json(connect.open_queue('{qname}'), {{'order_id': 7, 'amount': 1}})"
     )
     done = subprocess.run(
         [sys.executable, "-c", send], env={**on, "OTEL_SERVICE_NAME": "sender"},

@@ -12,30 +12,27 @@ consumer takes it. Ctrl+C hands the task in progress back at once.
 
 from __future__ import annotations
 
-from patterns import helper
+from patterns.helper import cli, codec, consume
 
 
 def main() -> int:
-    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--queue",
-        type=helper.consumed_queue,
-        default="tasks-queue",
-        help="queue to consume (default tasks-queue)",
-    )
-    helper.add_consumer_arguments(parser, batch_size=1, work_seconds=2.0)
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    cli.add_queue_argument(parser, "--queue", "tasks-queue", "queue to consume")
+    cli.add_consumer_arguments(parser, work_seconds=2.0)
     args = parser.parse_args()
-    log = helper.logger("consumer")
-    stop = helper.Shutdown()
+    log = cli.logger("consumer")
+    stop = cli.Shutdown()
     processed = 0
 
-    with helper.Inbox.from_args(args.queue, log, args) as inbox:
+    with consume.Inbox(args.queue, log, visibility_timeout=args.visibility_timeout,
+                       max_attempts=args.max_attempts, batch_size=args.batch_size,
+                       idle_max=args.idle_max) as inbox:  # fmt: skip
         log.info(f"waiting for tasks on '{args.queue}'")
         while not stop.requested:
             for message in inbox.batch(stop):  # one receive call; backs off when empty
                 with inbox.settle(message):  # delete on success; retry or poison on failure
-                    task = helper.parse_json(message)
-                    task_id = helper.app_id(task)  # no usable id: a bad message, to poison
+                    task = codec.parse_json(message)
+                    task_id = codec.app_id(task)  # no usable id: a bad message, to poison
                     log.info(f"took {task_id} (attempt {message.dequeue_count})")
                     if task.get("fail"):
                         raise RuntimeError("the task asked to fail")
@@ -47,4 +44,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    helper.run(main)
+    cli.run(main)

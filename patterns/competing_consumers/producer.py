@@ -14,36 +14,24 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from patterns import helper
+from patterns.helper import cli, connect
 
 
 def main() -> int:
-    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    cli.add_queue_argument(parser, "--queue", "tasks-queue", "queue to send to")
+    parser.add_argument("--count", type=cli.whole_number(least=1), default=20, help="tasks to send")
     parser.add_argument(
-        "--queue",
-        type=helper.consumed_queue,
-        default="tasks-queue",
-        help="queue to send to (default tasks-queue)",
-    )
+        "--concurrency", type=cli.whole_number(least=1, most=64), default=8, metavar="N",
+        help="sends in flight at once",
+    )  # fmt: skip
     parser.add_argument(
-        "--count", type=helper.whole_number(least=1), default=20, help="tasks to send (default 20)"
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=helper.whole_number(least=1, most=64),
-        default=8,
-        help="sends in flight at once (1-64, default 8)",
-    )
-    parser.add_argument(
-        "--failing",
-        type=helper.whole_number(least=0),
-        default=0,
-        metavar="N",
+        "--failing", type=cli.whole_number(least=0), default=0, metavar="N",
         help="make the first N tasks fail, to watch retries and the poison queue",
-    )
+    )  # fmt: skip
     args = parser.parse_args()
-    log = helper.logger("producer")
-    queue = helper.open_queue(args.queue, log)
+    log = cli.logger("producer")
+    queue = connect.open_queue(args.queue, log)
 
     # Each task carries its own application id: the service's message id changes on every
     # copy or retry, ours does not, so consumers can report (and de-duplicate) by it.
@@ -57,11 +45,11 @@ def main() -> int:
             yield task
 
     def send(task: dict[str, object]) -> dict[str, object]:
-        helper.send_json(queue, task)
+        connect.send_json(queue, task)
         return task
 
     started = time.perf_counter()
-    for task in helper.concurrently(send, tasks(), args.concurrency):  # in order, as each ends
+    for task in connect.concurrently(send, tasks(), args.concurrency):  # in order, as each ends
         log.info(f"sent {task['id']}")
     seconds = time.perf_counter() - started
     rate = args.count / seconds if seconds else 0.0
@@ -70,4 +58,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    helper.run(main)
+    cli.run(main)

@@ -14,47 +14,43 @@ recognised by its application id and skipped: the idempotent receiver.
 
 from __future__ import annotations
 
-from patterns import helper
+from patterns.helper import Fatal, cli, codec, connect, consume
 
 
 def main() -> int:
-    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--subscriber", required=True, metavar="NAME", help="this subscriber's name, e.g. a"
     )
-    parser.add_argument(
-        "--prefix", default="fanout-queue-", help="queue name prefix (default fanout-queue-)"
-    )
+    parser.add_argument("--prefix", default="fanout-queue-", help="queue name prefix")
     parser.add_argument(
         "--unsubscribe", action="store_true", help="delete this subscriber's queue on exit"
     )
     parser.add_argument(
-        "--remember",
-        type=helper.whole_number(least=1),
-        default=1000,
-        metavar="N",
-        help="processed ids kept for de-duplication (1000)",
-    )
-    helper.add_consumer_arguments(parser, batch_size=1, work_seconds=1.0)
+        "--remember", type=cli.whole_number(least=1), default=1000, metavar="N",
+        help="processed ids kept for de-duplication",
+    )  # fmt: skip
+    cli.add_consumer_arguments(parser, work_seconds=1.0)
     args = parser.parse_args()
-    queue = helper.queue_name(args.prefix + args.subscriber, consumed=True)
-    if queue.endswith(helper.POISON_SUFFIX):
-        raise helper.Fatal(f"invalid subscriber name {args.subscriber!r}: '-poison' is reserved")
-    log = helper.logger(f"subscriber-{args.subscriber}")
-    stop = helper.Shutdown()
+    queue = connect.queue_name(args.prefix + args.subscriber, consumed=True)
+    if queue.endswith(connect.POISON_SUFFIX):
+        raise Fatal(f"invalid subscriber name {args.subscriber!r}: '-poison' is reserved")
+    log = cli.logger(f"subscriber-{args.subscriber}")
+    stop = cli.Shutdown()
     seen: dict[str, None] = {}  # ids already processed, oldest first (bounded: --remember)
     processed = skipped = 0
 
-    with helper.Inbox.from_args(
-        queue, log, args
-    ) as inbox:  # creating the queue is what subscribes us
+    # Creating the queue is what subscribes us.
+    with consume.Inbox(queue, log, visibility_timeout=args.visibility_timeout,
+                       max_attempts=args.max_attempts, batch_size=args.batch_size,
+                       idle_max=args.idle_max) as inbox:  # fmt: skip
         log.info(f"subscribed: waiting for messages on '{queue}'")
         while not stop.requested:
             for message in inbox.batch(stop):  # one receive call; backs off when empty
                 with inbox.settle(message):  # delete on success; retry or poison on failure
-                    body = helper.parse_json(message)
+                    body = codec.parse_json(message)
                     # No id, null, 7: a bad message (to poison), never a "duplicate" of another.
-                    app_id = helper.app_id(body)
+                    app_id = codec.app_id(body)
                     if app_id in seen:  # a second copy of something we already did
                         skipped += 1
                         log.info(f"skipped {app_id}: already processed (duplicate)")
@@ -68,11 +64,11 @@ def main() -> int:
                     log.info(f"done {app_id}")
 
     if args.unsubscribe:
-        helper.service().delete_queue(queue)
+        connect.service().delete_queue(queue)
         log.info(f"unsubscribed: deleted queue '{queue}'")
     log.info(f"stopped: processed {processed} message(s), skipped {skipped} duplicate(s)")
     return 0
 
 
 if __name__ == "__main__":
-    helper.run(main)
+    cli.run(main)

@@ -23,7 +23,7 @@ from logging import Logger
 from azure.core.exceptions import HttpResponseError
 from azure.storage.queue import QueueClient
 
-from patterns import helper
+from patterns.helper import cli, connect
 
 DEFAULT_PREFIX = "fanout-queue-"
 
@@ -44,7 +44,7 @@ def fan_out(
             try:
                 send(queue, message)
                 log.info(f"-> sent to '{queue.queue_name}'")
-            except (HttpResponseError, *helper.UNREACHABLE) as error:
+            except (HttpResponseError, *connect.UNREACHABLE) as error:
                 log.warning(f"-> could not send to '{queue.queue_name}': {type(error).__name__}")
                 failed.append(queue)
         pending = failed
@@ -61,49 +61,40 @@ def fan_out(
 
 
 def main() -> int:
-    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--message",
-        metavar="TEXT",
-        default="Order Confirmed: #12345",
-        help="text to publish (default 'Order Confirmed: #12345')",
+        "--message", metavar="TEXT", default="Order Confirmed: #12345", help="text to publish"
     )
     parser.add_argument(
         "--id", help="the message's application id (default: a new one); reuse it to re-send"
     )
     parser.add_argument(
-        "--prefix",
-        default=DEFAULT_PREFIX,
-        help="subscriber queues are named PREFIX + subscriber (default fanout-queue-)",
+        "--prefix", default=DEFAULT_PREFIX, help="subscriber queues are named PREFIX + subscriber"
     )
     parser.add_argument(
-        "--subscribers",
-        metavar="A,B,...",
+        "--subscribers", metavar="A,B,...",
         help="send to these subscribers (creating their queues) instead of discovering them",
-    )
+    )  # fmt: skip
     parser.add_argument(
-        "--retries",
-        type=helper.whole_number(least=0),
-        default=3,
-        metavar="N",
-        help="extra rounds for queues whose send failed (3)",
-    )
+        "--retries", type=cli.whole_number(least=0), default=3, metavar="N",
+        help="extra rounds for queues whose send failed",
+    )  # fmt: skip
     args = parser.parse_args()
-    log = helper.logger("producer")
-    service = helper.service(log)
+    log = cli.logger("producer")
+    service = connect.service(log)
 
     # 1. Who subscribes? Either the fixed list (the hands-on's way: the producer must know every
     #    consumer), or every queue whose name starts with the prefix (a new subscriber only has
     #    to create its queue). A subscriber's poison queue is not a subscriber.
     if args.subscribers:
         names = [args.prefix + n.strip() for n in args.subscribers.split(",")]
-        queues = [helper.queue_name(name, consumed=True) for name in names]  # all, then create
+        queues = [connect.queue_name(name, consumed=True) for name in names]  # all, then create
         for name in queues:
-            helper.open_queue(name, log)
+            connect.open_queue(name, log)
         log.info(f"subscribers (fixed list): {', '.join(queues)}")
     else:
         found = service.list_queues(name_starts_with=args.prefix)
-        queues = [q.name for q in found if not q.name.endswith(helper.POISON_SUFFIX)]
+        queues = [q.name for q in found if not q.name.endswith(connect.POISON_SUFFIX)]
         if not queues:
             same_prefix = (
                 f" --prefix {shlex.quote(args.prefix)}" if args.prefix != DEFAULT_PREFIX else ""
@@ -121,11 +112,11 @@ def main() -> int:
     message = {"id": args.id or f"msg-{uuid.uuid4().hex[:8]}", "text": args.message}
     log.info(f"publishing {message['id']}: {args.message}")
     subscribers = [service.get_queue_client(name) for name in queues]
-    if fan_out(subscribers, message, helper.send_json, args.retries, log):
+    if fan_out(subscribers, message, connect.send_json, args.retries, log):
         return 1
     log.info(f"published {message['id']} to {len(queues)} subscriber(s)")
     return 0
 
 
 if __name__ == "__main__":
-    helper.run(main)
+    cli.run(main)

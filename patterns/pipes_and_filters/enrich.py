@@ -12,38 +12,33 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from patterns import helper
+from patterns.helper import cli, codec, connect, consume
 
 
 def main() -> int:
-    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--input", type=helper.consumed_queue, default="queue-enrich", help="default queue-enrich"
-    )
-    parser.add_argument(
-        "--output",
-        type=helper.consumed_queue,
-        default="queue-finalize",
-        help="default queue-finalize",
-    )
-    helper.add_consumer_arguments(parser, work_seconds=0.0)
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    cli.add_queue_argument(parser, "--input", "queue-enrich", "the pipe to read")
+    cli.add_queue_argument(parser, "--output", "queue-finalize", "where enriched orders go")
+    cli.add_consumer_arguments(parser, work_seconds=0.0)
     args = parser.parse_args()
-    log = helper.logger("enrich")
-    stop = helper.Shutdown()
-    output = helper.open_queue(args.output, log)
+    log = cli.logger("enrich")
+    stop = cli.Shutdown()
+    output = connect.open_queue(args.output, log)
     enriched = 0
 
-    with helper.Inbox.from_args(args.input, log, args) as inbox:
+    with consume.Inbox(args.input, log, visibility_timeout=args.visibility_timeout,
+                       max_attempts=args.max_attempts, batch_size=args.batch_size,
+                       idle_max=args.idle_max) as inbox:  # fmt: skip
         log.info(f"enriching orders from '{args.input}'")
         while not stop.requested:
             for message in inbox.batch(stop):  # one receive call; backs off when empty
                 with inbox.settle(message):  # forward inside the block, delete after it
-                    order = helper.parse_json(message)
-                    order_id = helper.app_id(order, "order_id")  # none or not a string: poison
+                    order = codec.parse_json(message)
+                    order_id = codec.app_id(order, "order_id")  # none or not a string: poison
                     log.info(f"took {order_id} (attempt {message.dequeue_count})")
                     stop.sleep(args.work_seconds)
                     order["processed_at"] = datetime.now(timezone.utc).isoformat()
-                    helper.send_json(output, order)
+                    connect.send_json(output, order)
                     enriched += 1
                     log.info(f"enriched {order_id}, passed it to '{args.output}'")
     log.info(f"stopped: enriched {enriched} order(s)")
@@ -51,4 +46,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    helper.run(main)
+    cli.run(main)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from patterns import helper
+from patterns.helper import cli, codec, consume
 
 
 def seconds_since(iso_time: object) -> str:
@@ -26,26 +26,23 @@ def seconds_since(iso_time: object) -> str:
 
 
 def main() -> int:
-    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--input",
-        type=helper.consumed_queue,
-        default="queue-finalize",
-        help="default queue-finalize",
-    )
-    helper.add_consumer_arguments(parser)
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    cli.add_queue_argument(parser, "--input", "queue-finalize", "the pipe to read")
+    cli.add_consumer_arguments(parser)
     args = parser.parse_args()
-    log = helper.logger("finalize")
-    stop = helper.Shutdown()
+    log = cli.logger("finalize")
+    stop = cli.Shutdown()
     finished: set[str] = set()  # order ids seen by this process: at-least-once means repeats
 
-    with helper.Inbox.from_args(args.input, log, args) as inbox:
+    with consume.Inbox(args.input, log, visibility_timeout=args.visibility_timeout,
+                       max_attempts=args.max_attempts, batch_size=args.batch_size,
+                       idle_max=args.idle_max) as inbox:  # fmt: skip
         log.info(f"waiting for processed orders on '{args.input}'")
         while not stop.requested:
             for message in inbox.batch(stop):  # one receive call; backs off when empty
                 with inbox.settle(message):
-                    order = helper.parse_json(message)
-                    order_id = helper.app_id(order, "order_id")  # none or not a string: poison
+                    order = codec.parse_json(message)
+                    order_id = codec.app_id(order, "order_id")  # none or not a string: poison
                     if order_id in finished:
                         log.info(f"duplicate {order_id} ignored (already finished)")
                         continue
@@ -57,4 +54,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    helper.run(main)
+    cli.run(main)

@@ -15,32 +15,23 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-from patterns import helper
+from patterns.helper import cli, connect
 
 
 def main() -> int:
-    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--output",
-        type=helper.consumed_queue,
-        default="queue-validate",
-        help="first pipe of the pipeline (default queue-validate)",
-    )
-    parser.add_argument(
-        "--count", type=helper.whole_number(least=1), default=1, help="orders to send (default 1)"
-    )
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    cli.add_queue_argument(parser, "--output", "queue-validate", "first pipe of the pipeline")
+    parser.add_argument("--count", type=cli.whole_number(least=1), default=1, help="orders to send")
     parser.add_argument(
         "--invalid", action="store_true", help="also send one order that fails validation"
     )
     parser.add_argument(
-        "--concurrency",
-        type=helper.whole_number(least=1, most=64),
-        default=8,
-        help="sends in flight at once (1-64, default 8)",
-    )
+        "--concurrency", type=cli.whole_number(least=1, most=64), default=8, metavar="N",
+        help="sends in flight at once",
+    )  # fmt: skip
     args = parser.parse_args()
-    log = helper.logger("producer")
-    pipe = helper.open_queue(args.output, log)
+    log = cli.logger("producer")
+    pipe = connect.open_queue(args.output, log)
 
     run_id = uuid.uuid4().hex[:8]  # order ids are unique across runs too
 
@@ -53,11 +44,11 @@ def main() -> int:
 
     def send(order: dict[str, Any]) -> dict[str, Any]:
         order["sent_at"] = datetime.now(timezone.utc).isoformat()
-        helper.send_json(pipe, order)
+        connect.send_json(pipe, order)
         return order
 
     sent = 0
-    for order in helper.concurrently(send, orders(), args.concurrency):
+    for order in connect.concurrently(send, orders(), args.concurrency):
         sent += 1
         log.info(f"sent {order['order_id']} (amount {order['amount']}) to '{args.output}'")
     log.info(f"sent {sent} order(s)")
@@ -65,4 +56,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    helper.run(main)
+    cli.run(main)

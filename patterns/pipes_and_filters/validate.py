@@ -16,15 +16,15 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from patterns import helper, tracing
+from patterns.helper import BadMessage, cli, codec, connect, consume, tracing
 
 
 def problems(order: dict[str, Any]) -> list[str]:
     """Why an order is invalid; [] if it is fine."""
     found = []
     try:
-        helper.app_id(order, "order_id")  # the same rule as every consumer's: a non-empty string
-    except helper.BadMessage as error:
+        codec.app_id(order, "order_id")  # the same rule as every consumer's: a non-empty string
+    except BadMessage as error:
         found.append(str(error))
     amount, items = order.get("amount"), order.get("items")
     if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount > 0:
@@ -37,38 +37,29 @@ def problems(order: dict[str, Any]) -> list[str]:
 
 
 def main() -> int:
-    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--input",
-        type=helper.consumed_queue,
-        default="queue-validate",
-        help="default queue-validate",
-    )
-    parser.add_argument(
-        "--output", type=helper.consumed_queue, default="queue-enrich", help="default queue-enrich"
-    )
-    parser.add_argument(
-        "--rejected",
-        type=helper.any_queue,  # nobody consumes it: a learner reads it with peek
-        default="queue-rejected",
-        help="where invalid orders go, with the reasons (default queue-rejected)",
-    )
-    helper.add_consumer_arguments(parser, work_seconds=0.0)
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    cli.add_queue_argument(parser, "--input", "queue-validate", "the pipe to read")
+    cli.add_queue_argument(parser, "--output", "queue-enrich", "where valid orders go")
+    invalid = "where invalid orders go, with the reasons"  # nobody consumes it: peek shows it
+    cli.add_queue_argument(parser, "--rejected", "queue-rejected", invalid, consumed=False)
+    cli.add_consumer_arguments(parser, work_seconds=0.0)
     args = parser.parse_args()
-    log = helper.logger("validate")
-    stop = helper.Shutdown()
-    output = helper.open_queue(args.output, log)
-    rejected = helper.open_queue(args.rejected, log)
+    log = cli.logger("validate")
+    stop = cli.Shutdown()
+    output = connect.open_queue(args.output, log)
+    rejected = connect.open_queue(args.rejected, log)
     passed = failed = 0
 
-    with helper.Inbox.from_args(args.input, log, args) as inbox:
+    with consume.Inbox(args.input, log, visibility_timeout=args.visibility_timeout,
+                       max_attempts=args.max_attempts, batch_size=args.batch_size,
+                       idle_max=args.idle_max) as inbox:  # fmt: skip
         log.info(f"validating orders from '{args.input}'")
         while not stop.requested:
             for message in inbox.batch(stop):  # one receive call; backs off when empty
                 # Forward, then delete: settle() deletes the input message only after this
                 # block succeeded. If the forward fails, the order stays in the input queue.
                 with inbox.settle(message):
-                    order = helper.parse_json(message)  # not JSON: to the poison queue
+                    order = codec.parse_json(message)  # not JSON: to the poison queue
                     log.info(f"took {order.get('order_id')} (attempt {message.dequeue_count})")
                     stop.sleep(args.work_seconds)
                     reasons = problems(order)
@@ -80,12 +71,12 @@ def main() -> int:
                             "order": order,
                         }
                         # Never expires: it waits in queue-rejected until someone looks at it.
-                        helper.send_json(rejected, record, time_to_live=helper.NEVER_EXPIRE)
+                        connect.send_json(rejected, record, time_to_live=connect.NEVER_EXPIRE)
                         tracing.event("rejected", reason="; ".join(reasons))  # if tracing is on
                         failed += 1
                         log.info(f"rejected {order.get('order_id')}: {'; '.join(reasons)}")
                     else:
-                        helper.send_json(output, order)
+                        connect.send_json(output, order)
                         passed += 1
                         log.info(f"passed {order['order_id']} to '{args.output}'")
     log.info(f"stopped: passed {passed}, rejected {failed}")
@@ -93,4 +84,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    helper.run(main)
+    cli.run(main)

@@ -16,7 +16,7 @@ import argparse
 import contextlib
 from collections import Counter
 
-from patterns import helper
+from patterns.helper import cli, codec, connect, consume
 
 LEVELS = ("high", "normal", "low")
 
@@ -29,41 +29,33 @@ def levels(text: str) -> list[str]:
 
 
 def main() -> int:
-    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--levels",
-        type=levels,
-        default=list(LEVELS),
-        metavar="A,B,...",
-        help="levels to serve, highest first (default high,normal,low)",
-    )
+        "--levels", type=levels, default=list(LEVELS), metavar="A,B,...",
+        help="levels to serve, highest first",
+    )  # fmt: skip
+    parser.add_argument("--prefix", default="tasks", help="queues are PREFIX-LEVEL-priority")
     parser.add_argument(
-        "--prefix", default="tasks", help="queues are PREFIX-LEVEL-priority (default tasks)"
-    )
-    parser.add_argument(
-        "--starvation-guard",
-        type=helper.whole_number(least=0),
-        default=0,
-        metavar="N",
-        help="after N top-level tasks in a row, let the next level go first once (default off)",
-    )
-    helper.add_consumer_arguments(parser, batch_size=1, work_seconds=1.0)
+        "--starvation-guard", type=cli.whole_number(least=0), default=0, metavar="N",
+        help="after N top-level tasks in a row, let the next level go first once (0: off)",
+    )  # fmt: skip
+    cli.add_consumer_arguments(parser, work_seconds=1.0)
     args = parser.parse_args()
     for level in args.levels:  # every queue's name checked before the first is created
-        helper.queue_name(f"{args.prefix}-{level}-priority", consumed=True)
-    log = helper.logger("consumer")
-    stop = helper.Shutdown()
-    idle = helper.Backoff(maximum=args.idle_max)
+        connect.queue_name(f"{args.prefix}-{level}-priority", consumed=True)
+    log = cli.logger("consumer")
+    stop = cli.Shutdown()
+    idle = consume.Backoff(maximum=args.idle_max)
     done: Counter[str] = Counter()
     streak = 0  # top-level tasks taken in a row
 
     with contextlib.ExitStack() as inboxes:  # leaving it releases any task still in hand
-        inbox = {
-            level: inboxes.enter_context(
-                helper.Inbox.from_args(f"{args.prefix}-{level}-priority", log, args)
-            )
-            for level in args.levels
-        }
+        inbox: dict[str, consume.Inbox] = {}
+        for level in args.levels:
+            inbox[level] = inboxes.enter_context(consume.Inbox(
+                f"{args.prefix}-{level}-priority", log,
+                visibility_timeout=args.visibility_timeout, max_attempts=args.max_attempts,
+            ))  # fmt: skip
         log.info(f"waiting for tasks; levels in order: {', '.join(args.levels)}")
         while not stop.requested:
             order = args.levels
@@ -84,8 +76,8 @@ def main() -> int:
                 if stop.requested:
                     break
                 with inbox[level].settle(message):  # delete on success; retry or poison
-                    task = helper.parse_json(message)
-                    task_id = helper.app_id(task)  # no usable id: a bad message, to poison
+                    task = codec.parse_json(message)
+                    task_id = codec.app_id(task)  # no usable id: a bad message, to poison
                     log.info(f"took {task_id} from {level}: {task.get('text')}")
                     stop.sleep(args.work_seconds)  # the work; Ctrl+C interrupts it
                     done[level] += 1
@@ -99,4 +91,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    helper.run(main)
+    cli.run(main)

@@ -15,32 +15,26 @@ from __future__ import annotations
 import itertools
 import uuid
 
-from patterns import helper
+from patterns.helper import cli, connect
 
 LEVELS = ("high", "normal", "low")
 
 
 def main() -> int:
-    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--priority", choices=LEVELS, help="send --count tasks at this level")
     parser.add_argument(
-        "--message", default="Task", metavar="TEXT", help="the task's text (with --priority)"
+        "--message", default="Task", metavar="TEXT", help="the task's text, with --priority"
     )
     parser.add_argument(
-        "--count",
-        type=helper.whole_number(least=1),
-        default=1,
-        metavar="N",
-        help="tasks to send (with --priority)",
+        "--count", type=cli.whole_number(least=1), default=1, help="tasks to send, with --priority"
     )
-    parser.add_argument(
-        "--prefix", default="tasks", help="queues are PREFIX-LEVEL-priority (default tasks)"
-    )
+    parser.add_argument("--prefix", default="tasks", help="queues are PREFIX-LEVEL-priority")
     args = parser.parse_args()
     names = {level: f"{args.prefix}-{level}-priority" for level in LEVELS}
     for name in names.values():  # all three checked before the first is created
-        helper.queue_name(name, consumed=True)
-    log = helper.logger("producer")
+        connect.queue_name(name, consumed=True)
+    log = cli.logger("producer")
 
     if args.priority:
         tasks = itertools.repeat((args.priority, args.message), args.count)  # one at a time
@@ -49,17 +43,15 @@ def main() -> int:
         tasks += [("high", "URGENT: System alert!"), ("high", "URGENT: High value customer order!")]
         tasks += [("normal", f"Normal task {n}") for n in range(6, 11)]
 
-    queues = {level: helper.open_queue(name, log) for level, name in names.items()}
+    queues = {level: connect.open_queue(name, log) for level, name in names.items()}
     run_id = uuid.uuid4().hex[:8]
-    sent = 0
     for n, (level, text) in enumerate(tasks, start=1):
         task = {"id": f"task-{n:02d}-{run_id}", "priority": level, "text": text}
-        helper.send_json(queues[level], task)
+        connect.send_json(queues[level], task)
         log.info(f"sent {task['id']} to {level}: {text}")
-        sent += 1
-    log.info(f"sent {sent} task(s)")
+    log.info(f"sent {n} task(s)")  # there is always at least one
     return 0
 
 
 if __name__ == "__main__":
-    helper.run(main)
+    cli.run(main)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from patterns import helper
+from patterns.helper import BadMessage, cli, codec, connect, consume
 
 REPLY_PREFIX = "reply-"
 
@@ -24,10 +24,10 @@ def reply_address(request: dict[str, object]) -> str:
     """The request's reply queue, or BadMessage (to poison) if we must not reply there."""
     reply_to = request.get("reply_to")
     if not isinstance(reply_to, str) or not reply_to:
-        raise helper.BadMessage("no reply_to: nowhere to send the answer")
-    valid_name = len(reply_to) <= 63 and helper.QUEUE_NAME.match(reply_to)
+        raise BadMessage("no reply_to: nowhere to send the answer")
+    valid_name = len(reply_to) <= 63 and connect.QUEUE_NAME.match(reply_to)
     if not (reply_to.startswith(REPLY_PREFIX) and valid_name):
-        raise helper.BadMessage(
+        raise BadMessage(
             f"refused reply_to {reply_to!r}: replies go only to queues named '{REPLY_PREFIX}...'"
         )
     return reply_to
@@ -44,28 +44,28 @@ def answer(request: dict[str, object]) -> dict[str, object]:
 
 
 def main() -> int:
-    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--queue", type=helper.consumed_queue, default="request-queue", help="default request-queue"
-    )
-    helper.add_consumer_arguments(parser)
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    cli.add_queue_argument(parser, "--queue", "request-queue", "queue to read requests from")
+    cli.add_consumer_arguments(parser)
     args = parser.parse_args()
-    log = helper.logger("replier")
-    stop = helper.Shutdown()
+    log = cli.logger("replier")
+    stop = cli.Shutdown()
     answered = 0
 
-    with helper.Inbox.from_args(args.queue, log, args) as inbox:
+    with consume.Inbox(args.queue, log, visibility_timeout=args.visibility_timeout,
+                       max_attempts=args.max_attempts, batch_size=args.batch_size,
+                       idle_max=args.idle_max) as inbox:  # fmt: skip
         log.info(f"waiting for requests on '{args.queue}'")
         while not stop.requested:
             for message in inbox.batch(stop):  # one receive call; backs off when empty
                 with inbox.settle(message):  # the request is deleted once it is answered
-                    request = helper.parse_json(message)
+                    request = codec.parse_json(message)
                     reply_to = reply_address(request)
                     reply = answer(request)
                     # get_queue_client() does not create the queue: if the requestor is gone,
                     # the send fails with "not found" and the reply is dropped.
                     try:
-                        helper.send_json(helper.service().get_queue_client(reply_to), reply)
+                        connect.send_json(connect.service().get_queue_client(reply_to), reply)
                     except ResourceNotFoundError:
                         log.warning(
                             f"reply queue '{reply_to}' no longer exists (its requestor gave up); "
@@ -80,4 +80,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    helper.run(main)
+    cli.run(main)

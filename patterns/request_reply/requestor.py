@@ -20,42 +20,31 @@ import uuid
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from patterns import helper
+from patterns.helper import BadMessage, cli, codec, connect, consume
 
 
 def main() -> int:
-    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    cli.add_queue_argument(parser, "--queue", "request-queue", "queue to send requests to")
+    parser.add_argument("--count", type=cli.whole_number(least=1), default=1, help="how many")
+    parser.add_argument("--payload", default="hello world", help="what to ask")
     parser.add_argument(
-        "--queue", type=helper.consumed_queue, default="request-queue", help="default request-queue"
-    )
+        "--timeout", type=cli.seconds(above=0, most=7 * 24 * 3600), default=30.0,
+        metavar="SECONDS", help="how long to wait for the replies; also the requests' time-to-live",
+    )  # fmt: skip
     parser.add_argument(
-        "--count", type=helper.whole_number(least=1), default=1, help="requests to send (default 1)"
-    )
-    parser.add_argument(
-        "--payload", default="hello world", help='what to ask (default "hello world")'
-    )
-    parser.add_argument(
-        "--timeout",
-        type=helper.seconds(above=0, most=7 * 24 * 3600),
-        default=30.0,
-        metavar="SECONDS",
-        help="how long to wait for the replies; also the requests' time-to-live (default 30)",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=helper.whole_number(least=1, most=64),
-        default=8,
-        help="sends in flight at once (1-64, default 8)",
-    )
+        "--concurrency", type=cli.whole_number(least=1, most=64), default=8, metavar="N",
+        help="sends in flight at once",
+    )  # fmt: skip
     args = parser.parse_args()
-    log = helper.logger("requestor")
-    stop = helper.Shutdown()
-    requests = helper.open_queue(args.queue, log)
+    log = cli.logger("requestor")
+    stop = cli.Shutdown()
+    requests = connect.open_queue(args.queue, log)
 
     reply_queue = f"reply-{uuid.uuid4()}"  # ours alone: no one else's replies land in it
     # A reply is deleted the moment it arrives; a short visibility timeout means one whose
     # receive was lost (say, in an outage) is back in seconds, not after the default 30 s.
-    replies = helper.Inbox(reply_queue, log, visibility_timeout=5)
+    replies = consume.Inbox(reply_queue, log, visibility_timeout=5)
     try:
         pending: dict[str, tuple[int, float]] = {}  # correlation id -> (request number, sent)
         ttl = max(1, math.ceil(args.timeout))  # an unanswered request expires with our wait
@@ -68,20 +57,21 @@ def main() -> int:
             correlation_id = str(uuid.uuid4())
             request = {"correlation_id": correlation_id, "reply_to": reply_queue}
             pending[correlation_id] = (n, time.monotonic())
-            helper.send_json(requests, {**request, "payload": payload(n)}, time_to_live=ttl)
+            connect.send_json(requests, {**request, "payload": payload(n)}, time_to_live=ttl)
             return correlation_id
 
         # Made one by one as there is room to send; Ctrl+C stops the sending too.
         numbers = itertools.takewhile(lambda n: not stop.requested, range(1, args.count + 1))
-        for n, correlation_id in enumerate(helper.concurrently(send, numbers, args.concurrency), 1):
+        sending = connect.concurrently(send, numbers, args.concurrency)
+        for n, correlation_id in enumerate(sending, 1):
             log.info(f"sent request {n} ({correlation_id}): {payload(n)!r}")
         asked = len(pending)  # all of them, unless Ctrl+C stopped the sending
         log.info(f"waiting up to {args.timeout:g} s for {asked} reply(ies) on '{reply_queue}'")
 
-        idle = helper.Backoff(initial=0.02, maximum=0.1)  # short polls: someone is waiting
+        idle = consume.Backoff(initial=0.02, maximum=0.1)  # short polls: someone is waiting
         errors = strays = 0
         while pending and not stop.requested and time.monotonic() - started < args.timeout:
-            messages = replies.receive(helper.MAX_BATCH)
+            messages = replies.receive(connect.MAX_BATCH)
             if not messages:
                 idle.wait(stop)
                 continue
@@ -89,8 +79,8 @@ def main() -> int:
             for message in messages:
                 replies.delete(message)
                 try:
-                    reply = helper.parse_json(message)
-                except helper.BadMessage:
+                    reply = codec.parse_json(message)
+                except BadMessage:
                     reply = {}
                 correlation_id = reply.get("correlation_id")
                 # The correlation check: is this the answer to one of *our* open requests?
@@ -121,12 +111,12 @@ def main() -> int:
         return 1 if errors else 0
     finally:
         try:
-            helper.service().delete_queue(reply_queue)
+            connect.service().delete_queue(reply_queue)
             log.info(f"deleted reply queue '{reply_queue}'")
         except ResourceNotFoundError:
             pass
-        except (HttpResponseError, *helper.UNREACHABLE) as error:  # say how to remove it
-            why = "service unreachable" if isinstance(error, helper.UNREACHABLE) else error.reason
+        except (HttpResponseError, *connect.UNREACHABLE) as error:  # say how to remove it
+            why = "service unreachable" if isinstance(error, connect.UNREACHABLE) else error.reason
             log.warning(
                 f"could not delete reply queue '{reply_queue}' ({why}); it is left over: "
                 f"remove it later with python patterns/tools/cleanup.py --prefix {reply_queue}"
@@ -134,4 +124,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    helper.run(main)
+    cli.run(main)

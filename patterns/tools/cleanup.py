@@ -15,12 +15,12 @@ import sys
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from patterns import helper
+from patterns.helper import Fatal, cli, connect
 from patterns.tools.queues import classify, sort_key
 
 
 def main() -> int:
-    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--yes", "-y", action="store_true", help="delete without asking")
     parser.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     parser.add_argument(
@@ -31,8 +31,8 @@ def main() -> int:
         "--prefix alice- also matches alice-tasks-queue)",
     )
     args = parser.parse_args()
-    log = helper.logger("cleanup")
-    svc = helper.service(log)
+    log = cli.logger("cleanup")
+    svc = connect.service(log)
 
     listed = [q.name for q in svc.list_queues(name_starts_with=args.prefix or None)]
     mine = sorted(
@@ -56,9 +56,7 @@ def main() -> int:
             answer = input(f"Delete these {len(mine)} queue(s) and their messages? [y/N] ")
         except EOFError:
             print(file=sys.stdout)
-            raise helper.Fatal(
-                "no answer (no terminal?): add --yes to delete without asking"
-            ) from None
+            raise Fatal("no answer (no terminal?): add --yes to delete without asking") from None
         if answer.strip().lower() not in ("y", "yes"):
             log.info("nothing deleted")
             return 0
@@ -76,4 +74,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    helper.run(main)
+    cli.run(main)

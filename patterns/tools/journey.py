@@ -5,12 +5,12 @@
     python -m patterns.tools.journey --id ORD-1a2b3c4d-001    # one order's journey
     python -m patterns.tools.journey --slowest 3 --mermaid    # as sequence diagrams for GitHub
 
-Reads the spans the scripts wrote with tracing on (see patterns/tracing.py). One journey per
-trace; one row per hop: the producer's send, then each consumer's receive -> work -> settle,
-with the time the message waited in the queue before it and the time it was worked on ('#'),
-on one time axis. Of the wait, '.' is the part when its consumer was asleep between polls of
-an empty queue (the cost of polling after idle) and '-' the part it waited behind other
-messages while the consumer was busy (the cost of too few consumers). Poison, retries and
+Reads the spans the scripts wrote with tracing on (see patterns/helper/tracing.py). One journey
+per trace; one row per hop: the producer's send, then each consumer's receive -> work ->
+settle, with the time the message waited in the queue before it and the time it was worked on
+('#'), on one time axis. Of the wait, '.' is the part when its consumer was asleep between
+polls of an empty queue (the cost of polling after idle) and '-' the part it waited behind
+other messages while the consumer was busy (the cost of too few consumers). Poison, retries and
 releases are named at the end of their row.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from patterns import helper, tracing
+from patterns.helper import Fatal, cli, tracing
 
 WIDTH = 40  # characters of the time axis
 
@@ -194,7 +194,7 @@ def mermaid(journey: Journey) -> str:
 
 
 def main() -> int:
-    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--file",
         type=Path,
@@ -204,7 +204,7 @@ def main() -> int:
     parser.add_argument("--id", help="only the journey of this application id (e.g. an order id)")
     parser.add_argument(
         "--slowest",
-        type=helper.whole_number(least=1),
+        type=cli.whole_number(least=1),
         metavar="N",
         help="only the N journeys that took longest",
     )
@@ -213,7 +213,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     if not args.file.is_file():
-        raise helper.Fatal(
+        raise Fatal(
             f"no traces file at {args.file}: "
             f"run the scripts with {tracing.EXPORTER_VAR}=jsonl first"
         )
@@ -221,7 +221,7 @@ def main() -> int:
     if args.id is not None:
         found = [j for j in found if j.app_id == args.id]
         if not found:
-            raise helper.Fatal(f"no journey of {args.id!r} in {args.file}", exit_code=1)
+            raise Fatal(f"no journey of {args.id!r} in {args.file}", exit_code=1)
     if args.slowest:
         found = sorted(found, key=lambda j: j.total_ms, reverse=True)[: args.slowest]
     if args.mermaid:
@@ -232,4 +232,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    helper.run(main)
+    cli.run(main)

@@ -17,7 +17,7 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueMessage
 
-from patterns import helper
+from patterns.helper import Fatal, cli, connect
 
 
 def pretty(text: str) -> str:
@@ -43,24 +43,20 @@ def describe(n: int, message: QueueMessage) -> str:
 
 
 def main() -> int:
-    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("queue", type=helper.any_queue, help="queue to look into")
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("queue", type=cli.any_queue, help="queue to look into")
     parser.add_argument(
-        "-n",
-        "--count",
-        type=helper.whole_number(least=1, most=helper.MAX_BATCH),
-        default=1,
-        metavar="N",
-        help=f"how many messages to show (1-{helper.MAX_BATCH}, default 1)",
-    )
+        "-n", "--count", type=cli.whole_number(least=1, most=connect.MAX_BATCH), default=1,
+        metavar="N", help="how many messages to show",
+    )  # fmt: skip
     args = parser.parse_args()
-    log = helper.logger("peek")
-    queue = helper.service(log).get_queue_client(args.queue)  # not open_queue: create nothing
+    log = cli.logger("peek")
+    queue = connect.service(log).get_queue_client(args.queue)  # not open_queue: create nothing
     try:
         total = queue.get_queue_properties().approximate_message_count
         messages = list(queue.peek_messages(max_messages=args.count))
     except ResourceNotFoundError:
-        raise helper.Fatal(f"queue '{args.queue}' does not exist") from None
+        raise Fatal(f"queue '{args.queue}' does not exist") from None
     for n, message in enumerate(messages, 1):
         print(describe(n, message))
     print(
@@ -72,4 +68,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    helper.run(main)
+    cli.run(main)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from patterns.helper import POISON_SUFFIX
+from patterns.helper import connect
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,11 @@ PATTERNS: tuple[Pattern, ...] = (
 
 def source_queue(name: str) -> str:
     """The queue a poison queue belongs to (`tasks-queue-poison` -> `tasks-queue`)."""
-    return name.removesuffix(POISON_SUFFIX) if name.endswith(POISON_SUFFIX) else name
+    return name.removesuffix(connect.POISON_SUFFIX)
 
 
 def is_poison(name: str) -> bool:
-    return name.endswith(POISON_SUFFIX) and len(name) > len(POISON_SUFFIX)
+    return name.endswith(connect.POISON_SUFFIX) and len(name) > len(connect.POISON_SUFFIX)
 
 
 def classify(name: str, prefix: str = "") -> tuple[Pattern, str] | None:

@@ -18,13 +18,13 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueMessage
 
-from patterns import helper
+from patterns.helper import cli, connect, consume
 
 RECORD_KEYS = {"reason", "source_queue", "dequeue_count", "poisoned_at", "message_id", "body"}
 
 
 def unwrap(text: str) -> tuple[str, dict[str, Any] | None]:
-    """(original body, poison record) for a poison message written by helper.Inbox.poison;
+    """(original body, poison record) for a poison message written by consume.Inbox.poison;
     (text, None) for anything else - e.g. a body too big for the record, kept as it was."""
     try:
         record = json.loads(text)
@@ -50,21 +50,21 @@ def label(body: str, message: QueueMessage) -> str:
 
 
 def main() -> int:
-    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "queue", type=helper.consumed_queue, help="the queue to refill from QUEUE-poison"
+        "queue", type=cli.consumed_queue, help="the queue to refill from QUEUE-poison"
     )
     parser.add_argument(
         "--count",
-        type=helper.whole_number(least=1),
+        type=cli.whole_number(least=1),
         default=None,
         metavar="N",
         help="move at most N messages (default: all that are in the poison queue now)",
     )
     args = parser.parse_args()
-    log = helper.logger("redrive")
-    poison_name = args.queue + helper.POISON_SUFFIX
-    poison = helper.service(log).get_queue_client(poison_name)
+    log = cli.logger("redrive")
+    poison_name = args.queue + connect.POISON_SUFFIX
+    poison = connect.service(log).get_queue_client(poison_name)
     try:
         waiting = poison.get_queue_properties().approximate_message_count
     except ResourceNotFoundError:
@@ -73,14 +73,14 @@ def main() -> int:
     # Never more than were there at the start: a consumer that poisons them again at once
     # must not make this loop for ever.
     limit = min(args.count, waiting) if args.count is not None else waiting
-    target = helper.open_queue(args.queue, log)
-    stop = helper.Shutdown()
+    target = connect.open_queue(args.queue, log)
+    stop = cli.Shutdown()
     moved = 0
 
     # Leaving the Inbox hands back, at once, anything received but not moved (Ctrl+C).
-    with helper.Inbox(poison_name, log, visibility_timeout=60) as poisoned:
+    with consume.Inbox(poison_name, log, visibility_timeout=60) as poisoned:
         while moved < limit and not stop.requested:
-            batch = poisoned.receive(min(helper.MAX_BATCH, limit - moved))
+            batch = poisoned.receive(min(connect.MAX_BATCH, limit - moved))
             if not batch:
                 break  # the rest is held by someone else, or gone
             for message in batch:
@@ -107,4 +107,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    helper.run(main)
+    cli.run(main)

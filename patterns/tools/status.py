@@ -22,8 +22,7 @@ from datetime import datetime
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.queue import QueueServiceClient
 
-from patterns import helper
-from patterns.helper import POISON_SUFFIX
+from patterns.helper import cli, connect
 from patterns.tools.queues import classify, is_poison, sort_key, source_queue
 
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
@@ -92,13 +91,13 @@ def render(table: list[Row], endpoint: str, prefix: str) -> str:
     out += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}  {d:>{w[3]}}" for a, b, c, d in lines]
     out.append(
         f"{stamp}  {len(table)} queue(s){scope} at {endpoint}  "
-        f"(poison: in <queue>{POISON_SUFFIX}; -: no queue)"
+        f"(poison: in <queue>{connect.POISON_SUFFIX}; -: no queue)"
     )
     return "\n".join(out) + "\n"
 
 
 def main() -> int:
-    parser = helper.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--watch", action="store_true", help="redraw every second until Ctrl+C")
     parser.add_argument(
         "--prefix",
@@ -108,15 +107,15 @@ def main() -> int:
     )
     parser.add_argument(
         "--interval",
-        type=helper.seconds(least=0.1, most=3600),
+        type=cli.seconds(least=0.1, most=3600),
         default=1.0,
         metavar="SECONDS",
         help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
-    log = helper.logger("status")
-    svc = helper.service(log)
-    endpoint = helper.endpoint()  # without a SAS token
+    log = cli.logger("status")
+    svc = connect.service(log)
+    endpoint = connect.endpoint()  # without a SAS token
     print(render(rows(counts(svc, args.prefix), args.prefix), endpoint, args.prefix), end="")
     if not args.watch:
         return 0
@@ -124,13 +123,13 @@ def main() -> int:
     if os.name == "nt":
         os.system("")  # lets the Windows console understand the clear-screen sequence
     clear = CLEAR if sys.stdout.isatty() else "\n"
-    stop = helper.Shutdown()
+    stop = cli.Shutdown()
     while not stop.wait(args.interval):
         try:
             frame = render(rows(counts(svc, args.prefix), args.prefix), endpoint, args.prefix)
-        except (*helper.UNREACHABLE, HttpResponseError) as error:
-            if isinstance(error, helper.UNREACHABLE):
-                reason = helper.unreachable_message()
+        except (*connect.UNREACHABLE, HttpResponseError) as error:
+            if isinstance(error, connect.UNREACHABLE):
+                reason = connect.unreachable_message()
             else:
                 reason = str(error).splitlines()[0]
             frame = f"{datetime.now():%H:%M:%S}  {reason}; trying again\n"
@@ -139,4 +138,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    helper.run(main)
+    cli.run(main)

@@ -1,0 +1,348 @@
+"""The queue service: the one client per process, queues and their names, sending.
+
+Also what a script says when the service cannot be reached, refuses it or is not a queue
+service at all (`explain`, for cli.run), and the one warning per outage a consumer gives.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+from xml.etree.ElementTree import ParseError
+
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    DecodeError,
+    HttpResponseError,
+    ResourceExistsError,
+    ServiceRequestError,
+    ServiceRequestTimeoutError,
+    ServiceResponseError,
+    ServiceResponseTimeoutError,
+)
+from azure.storage.queue import LinearRetry, QueueClient, QueueMessage, QueueServiceClient
+
+from patterns.helper import Fatal, codec, settings, tracing
+
+# --- queue names ----------------------------------------------------------------------------
+
+QUEUE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
+POISON_SUFFIX = "-poison"
+MAX_CONSUMED_NAME = 63 - len(POISON_SUFFIX)  # a consumed queue's poison queue must fit in 63
+
+
+def queue_name(text: str, *, consumed: bool = False) -> str:
+    """Validate a queue name: 3-63 chars, a-z 0-9, single hyphens (Fatal if not).
+
+    A queue that is `consumed` needs room for its poison queue, `<name>-poison`: at most 56
+    characters. Producers check their queues by this rule too, so that nothing is sent to a
+    queue no consumer would accept."""
+    if not (3 <= len(text) <= 63 and QUEUE_NAME.match(text)):
+        raise Fatal(
+            f"invalid queue name {text!r}: use 3-63 lowercase letters, digits and single "
+            "hyphens, starting and ending with a letter or digit"
+        )
+    if consumed and len(text) > MAX_CONSUMED_NAME:
+        raise Fatal(
+            f"queue name {text!r} is {len(text)} characters: a queue that is consumed may have "
+            f"at most {MAX_CONSUMED_NAME}, so that its poison queue "
+            f"'<name>{POISON_SUFFIX}' fits in 63"
+        )
+    return text
+
+
+# --- the client -----------------------------------------------------------------------------
+
+# Transport problems: the service did not answer (down, unreachable, connection dropped).
+UNREACHABLE = (ServiceRequestError, ServiceResponseError)
+# Queue operations are small: a healthy service answers in milliseconds, a busy emulator in
+# well under a second. A read timeout of a few seconds (not the SDK's 30) with one retry
+# means a hung service is reported within ~11 s instead of ~2 minutes.
+CONNECT_TIMEOUT = 3
+READ_TIMEOUT = 5
+QUEUE_BEING_DELETED_WAITS = 12  # x 5 s: a deleted queue's name is reusable after 30 s or more
+
+
+class _Retry(LinearRetry):
+    """The SDK's linear retry, short (3 retries 0.5 s apart, a read timeout retried once),
+    plus a start-up probe: the process's first request is not retried when nothing answers
+    in time, and its answer must come from a queue service. So a script whose endpoint is
+    down, hung or something else says so within seconds, and the probe costs no request."""
+
+    def __init__(self) -> None:
+        super().__init__(backoff=0.5, random_jitter_range=0.2, retry_total=3, retry_read=1)
+        self.probed = False
+
+    def send(self, request: Any) -> Any:
+        if self.probed:
+            return super().send(request)
+        request.context.options.update(retry_connect=0, retry_read=0)  # 5xx: retried as usual
+        response = super().send(request)
+        answer = response.http_response
+        if "x-ms-request-id" not in answer.headers:  # every Azure Storage answer has one
+            raise Fatal(not_a_queue_service(answer.status_code, answer.headers.get("Server")))
+        self.probed = True
+        return response
+
+
+_service: QueueServiceClient | None = None
+
+
+def service(log: logging.Logger | None = None) -> QueueServiceClient:
+    """The queue service client for this process: made on first use, the one place a client
+    is created. Says (to `log`) where the settings came from when it is not the obvious place,
+    and refuses a connection string that does not parse without ever echoing it."""
+    global _service
+    if _service is None:
+        config = settings.load_settings()
+        if log is not None:
+            for note in config.notes:
+                log.warning(note)
+            if config.source == "default":
+                missing = "has no usable value" if config.notes else "is not set"
+                log.info(
+                    f"{settings.CONNECTION_STRING_VAR} {missing}: using the local Azurite at "
+                    f"127.0.0.1:{settings.AZURITE_PORT}"
+                )
+        options: dict[str, Any] = {
+            "retry_policy": _Retry(),
+            "connection_timeout": CONNECT_TIMEOUT,
+            "read_timeout": READ_TIMEOUT,
+        }
+        if config.account_url:
+            _service = _signed_in_client(config.account_url, log, options)
+        else:
+            _service = _key_client(config, options)
+    return _service
+
+
+def _key_client(config: settings.Settings, options: dict[str, Any]) -> QueueServiceClient:
+    var, shape = settings.CONNECTION_STRING_VAR, settings.CONNECTION_STRING_SHAPE
+    invalid = f"{var} in {config.where} is not a valid connection string"
+    problems = settings.connection_string_problems(config.connection_string)
+    if problems:
+        raise Fatal(
+            f"{invalid}: {'; '.join(problems)}. It should look like {shape} "
+            "(Portal: your storage account > Access keys > Connection string)"
+        )
+    try:
+        return QueueServiceClient.from_connection_string(config.connection_string, **options)
+    except ValueError as error:  # what the check above missed; the SDK quotes no values
+        raise Fatal(f"{invalid}: {error}") from None
+
+
+def _signed_in_client(
+    account_url: str, log: logging.Logger | None, options: dict[str, Any]
+) -> QueueServiceClient:
+    """A client that signs in with Microsoft Entra ID (DefaultAzureCredential: `az login`,
+    environment variables, managed identity...) instead of an account key."""
+    try:
+        from azure.identity import DefaultAzureCredential
+    except ImportError:
+        raise Fatal(
+            f"{settings.ACCOUNT_URL_VAR} is set (Entra ID sign-in) but azure-identity is not "
+            f"installed: run `pip install -e '.[entra]'`, or set {settings.CONNECTION_STRING_VAR} "
+            "instead"
+        ) from None
+    if not re.match(r"^https://[^/?#\s]+/?$", account_url):
+        raise Fatal(
+            f"{settings.ACCOUNT_URL_VAR} must look like https://<account>.queue.core.windows.net "
+            f"(got {settings.redact(account_url)!r})"
+        )
+    logging.getLogger("azure.identity").setLevel(logging.ERROR)  # no multi-line token chatter
+    if log is not None:
+        log.info(f"signing in to {account_url} with Microsoft Entra ID")
+    return QueueServiceClient(account_url, credential=DefaultAzureCredential(), **options)
+
+
+def open_queue(name: str, log: logging.Logger | None = None) -> QueueClient:
+    """A client for queue `name`, creating the queue if it does not exist yet (idempotent),
+    so scripts can be started in any order."""
+    queue = service(log).get_queue_client(queue_name(name))
+    for _ in range(QUEUE_BEING_DELETED_WAITS):
+        try:
+            queue.create_queue()
+            if log is not None:
+                log.info(f"created queue '{name}'")
+        except ResourceExistsError as error:
+            if error.error_code != "QueueBeingDeleted":
+                return queue  # already there: exactly what we wanted
+            # Azure keeps a deleted queue's name for 30 s or more before it can be reused.
+            if log is not None:
+                log.info(f"queue '{name}' is still being deleted by the service; waiting")
+            time.sleep(5)
+            continue
+        return queue
+    raise Fatal(f"queue '{name}' is still being deleted; try again in a minute")
+
+
+# --- when the service is not there ---------------------------------------------------------
+
+
+def is_outage(error: BaseException) -> bool:
+    """The service is away or failing (a transport error, or a 5xx answer): not the message's
+    fault, so a consumer leaves it to come back and the attempt does not count towards poison."""
+    if isinstance(error, UNREACHABLE):
+        return True
+    return isinstance(error, HttpResponseError) and (error.status_code or 0) >= 500
+
+
+def in_short(error: BaseException) -> str:
+    """'service unreachable', '503 Service Unavailable', or the error's type, for a log line."""
+    if isinstance(error, UNREACHABLE):
+        return "service unreachable"
+    if isinstance(error, HttpResponseError):
+        return f"{error.status_code} {error.reason}"
+    return type(error).__name__
+
+
+def endpoint() -> str:
+    """The queue service's address, fit to print: no SAS token, no trailing slash."""
+    url = urlsplit(service().url)
+    return f"{url.scheme}://{url.netloc}{url.path.rstrip('/')}"
+
+
+def _is_local() -> bool:
+    return urlsplit(service().url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
+def unreachable_message(error: BaseException | None = None) -> str:
+    """One line for a transport failure (by default the one being handled): nothing answers
+    at all (refused, unknown host) or the endpoint takes the request but does not answer
+    (hung, paused, a firewall that drops packets)."""
+    error = error or sys.exc_info()[1]
+    where, port, local = endpoint(), urlsplit(service().url).port, _is_local()
+    if isinstance(error, ServiceResponseTimeoutError | ServiceRequestTimeoutError):
+        waited = READ_TIMEOUT if isinstance(error, ServiceResponseTimeoutError) else CONNECT_TIMEOUT
+        check = (
+            f"check that the emulator is not paused (Ctrl+Z; `fg` resumes it) and that port "
+            f"{port} is its port"
+            if local
+            else "check your network (firewall, proxy) and the endpoint"
+        )
+        return f"the queue service at {where} does not answer (nothing in {waited} s) - {check}"
+    if not local:
+        return (
+            f"cannot reach the queue service at {where} - check the account name in "
+            f"{settings.CONNECTION_STRING_VAR} and your network"
+        )
+    start = "make emulator"
+    if port != settings.AZURITE_PORT:
+        start += f' ARGS="--port {port}"'
+    return (
+        f"cannot reach the queue service at {where} - is the emulator running? "
+        f"Start it with `{start}` (or set {settings.CONNECTION_STRING_VAR})"
+    )
+
+
+def not_a_queue_service(status: int | None = None, server: str | None = None) -> str:
+    """One line for an endpoint where something else answers (a web server, a proxy)."""
+    what = f"HTTP {status}" if status else "an answer that is not a queue service's XML"
+    if server:
+        what += f" from {server[:40]!r}"
+    check = (
+        "check the port: the emulator prints its address when it starts"
+        if _is_local()
+        else f"check the endpoint in {settings.CONNECTION_STRING_VAR} (and any proxy)"
+    )
+    return f"what answers at {endpoint()} is not a queue service ({what}) - {check}"
+
+
+def explain(error: Exception) -> tuple[str, int] | None:
+    """One line and an exit code for an SDK error that ended a script (None: not one of them):
+    2 when the service is unreachable, refuses our credentials or is not a queue service,
+    1 when it refused a request."""
+    if isinstance(error, UNREACHABLE):
+        return unreachable_message(error), 2
+    if isinstance(error, ClientAuthenticationError):
+        reason = error.error_code or error.reason or (error.message or "").strip().split("\n")[0]
+        check = (
+            "your Entra ID sign-in (`az login`)"
+            if settings.load_settings().account_url
+            else f"AccountName and AccountKey in {settings.CONNECTION_STRING_VAR}"
+        )
+        return f"the queue service refused our credentials ({reason}); check {check}", 2
+    if isinstance(error, DecodeError | ParseError):  # an answer that is not a queue's XML
+        return not_a_queue_service(error.status_code if isinstance(error, DecodeError) else None), 2
+    if isinstance(error, HttpResponseError):
+        answer = error.response
+        if answer is not None and "x-ms-request-id" not in answer.headers:  # see _Retry
+            return not_a_queue_service(error.status_code, answer.headers.get("Server")), 2
+        first = (error.message or "").splitlines()[0] if error.message else error.reason
+        return f"the queue service refused the request: {first}", 1
+    return None
+
+
+class Outage:
+    """One warning when the service goes away - however many queues and threads of a consumer
+    notice it - and one line when it answers again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.active = False
+
+    def noticed(self, log: logging.Logger, error: BaseException) -> bool:
+        """True if `error` is an outage (warned about once per outage), else False."""
+        if not is_outage(error):
+            return False
+        with self._lock:
+            warn, self.active = not self.active, True
+        if warn:
+            what = f"the queue service answers {in_short(error)}"
+            if isinstance(error, UNREACHABLE):
+                what = unreachable_message(error)
+            log.warning(f"{what}; retrying with backoff")
+        return True
+
+    def over(self, log: logging.Logger) -> None:
+        with self._lock:
+            was, self.active = self.active, False
+        if was:
+            log.info("the queue service answers again; carrying on")
+
+
+outage = Outage()
+
+
+# --- sending --------------------------------------------------------------------------------
+
+MAX_BATCH = 32  # the service hands out (and lets us peek at) at most 32 messages per call
+NEVER_EXPIRE = -1  # time_to_live for poison and rejected records: someone must look at them
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def send_json(
+    queue: QueueClient, body: Mapping[str, Any], time_to_live: int | None = None
+) -> QueueMessage:
+    """Send one JSON message. `time_to_live` (seconds) makes it expire if nobody takes it."""
+    with tracing.sending(queue.queue_name, body) as body:  # tracing: the journey goes on
+        return queue.send_message(codec.encode(body), time_to_live=time_to_live)
+
+
+def concurrently(work: Callable[[T], R], items: Iterable[T], concurrency: int) -> Iterator[R]:
+    """work(item) for every item, `concurrency` at a time; the results in the items' order.
+
+    Unlike ThreadPoolExecutor.map, it takes the next item only when there is room, so
+    `--count 10000000` never builds ten million tasks in memory. Stopped early (an error,
+    Ctrl+C), it sends nothing more: only the few already started finish."""
+    window: deque[Future[R]] = deque()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        try:
+            for item in items:
+                window.append(pool.submit(work, item))
+                if len(window) >= 2 * concurrency:  # a few queued: no thread waits for us
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            for future in window:
+                future.cancel()

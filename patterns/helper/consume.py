@@ -1,0 +1,317 @@
+"""Receiving and settling: an Inbox receives batches; `settle()` deletes a message after its
+work, leaves it to come back, moves it to `<queue>-poison` or releases it on Ctrl+C, while a
+keeper renews the visibility of long work. No outage and no message ends a consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.storage.queue import QueueClient, QueueMessage
+
+from patterns.helper import BadMessage, Fatal, cli, codec, connect, tracing
+
+
+class Inbox:
+    """A queue this script consumes. `visibility_timeout`: seconds a received message stays
+    hidden from other consumers (renewed while its work goes on); `max_attempts`: deliveries
+    before a failing message goes to `<name>-poison`; `batch_size`: messages per receive call;
+    `idle_max`: the longest wait between two polls of an empty queue. Defaults: cli.py.
+
+    A context manager: messages received but not settled when the script stops (Ctrl+C, an
+    error) are released at once instead of waiting out their visibility timeout.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        log: logging.Logger,
+        *,
+        visibility_timeout: int = cli.VISIBILITY_TIMEOUT,
+        max_attempts: int = cli.MAX_ATTEMPTS,
+        batch_size: int = cli.BATCH_SIZE,
+        idle_max: float = cli.IDLE_MAX,
+    ) -> None:
+        connect.queue_name(name, consumed=True)  # its poison queue's name must be valid too
+        self.name, self.log = name, log
+        self.visibility_timeout, self.max_attempts = visibility_timeout, max_attempts
+        self.batch_size, self.idle = batch_size, Backoff(maximum=idle_max)
+        self.queue = connect.open_queue(name, log)
+        self._keeper = _VisibilityKeeper(self.queue, visibility_timeout, log)
+        self._poison: QueueClient | None = None
+        self._held: dict[str, QueueMessage] = {}  # received, not yet settled
+        self._undeliverable = False  # warned about a message the service cannot hand out?
+        self._one_by_one_until = 0.0  # receive single messages until then (see receive())
+
+    def __enter__(self) -> Inbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for message in list(self._held.values()):
+            self.release(message)
+
+    def batch(self, stop: cli.Shutdown) -> Iterator[QueueMessage]:
+        """The messages of one receive call (up to batch_size), one by one. After an empty
+        receive it backs off (0.1 s, doubling up to idle_max) before returning; after a
+        non-empty one the next call polls at once. Ctrl+C stops it handing out messages."""
+        messages = self.receive(self.batch_size)
+        if not messages:
+            self.idle.wait(stop)
+            return
+        self.idle.reset()
+        for message in messages:
+            if stop.requested:
+                return
+            yield message
+
+    def receive(self, max_messages: int = 1) -> list[QueueMessage]:
+        """One receive call for up to `max_messages` (1-32). [] on empty queue or outage."""
+        failed: list[str] = []  # 5xx answers within this call that the SDK retried away
+        if time.monotonic() < self._one_by_one_until:
+            max_messages = 1  # a message the service cannot hand out fails only itself
+
+        def note(response: Any) -> None:  # called for every try, retries included
+            answer = response.http_response
+            if answer.status_code >= 500:
+                failed.append(f"{answer.status_code} {answer.reason}")
+
+        try:
+            pages = self.queue.receive_messages(
+                messages_per_page=max_messages,
+                max_messages=max_messages,
+                visibility_timeout=self.visibility_timeout,
+                raw_response_hook=note,
+            ).by_page()
+            messages = list(next(pages, []))  # only the first page: one request, no more
+        except ResourceNotFoundError:  # someone deleted the queue under us: make it again
+            self.log.warning(f"queue '{self.name}' was deleted; creating it again")
+            try:
+                connect.open_queue(self.name)
+            except Exception as error:
+                if not connect.outage.noticed(self.log, error):
+                    raise
+            return []
+        except Exception as error:
+            if not connect.outage.noticed(self.log, error):
+                raise
+            if isinstance(error, HttpResponseError):
+                self._one_by_one_until = time.monotonic() + 2 * self.visibility_timeout
+            return []
+        connect.outage.over(self.log)
+        if failed:
+            # Seen with Azurite: a message holding a character XML does not allow (a raw \x00
+            # sent by another client) is taken - hidden, dequeue count + 1 - but the answer
+            # that would carry it fails, with every message taken alongside, and no one ever
+            # gets its pop receipt. While this recurs, take one message per call.
+            self._one_by_one_until = time.monotonic() + 2 * self.visibility_timeout
+            if not self._undeliverable:
+                self._undeliverable = True
+                self.log.warning(
+                    f"a receive from '{self.name}' got {failed[0]} and worked when retried: "
+                    "the service holds a message it cannot hand out (Azurite: one with a "
+                    "character XML forbids, e.g. \\x00). No one can receive or delete it; it "
+                    f"comes back every {self.visibility_timeout} s until it expires. Receiving "
+                    "one message at a time meanwhile, so the others are still served (warned "
+                    "once)"
+                )
+        self._held.update((message.id, message) for message in messages)
+        tracing.received(messages, self.name)  # tracing: each message's queue wait ends here
+        return messages
+
+    @contextmanager
+    def settle(self, message: QueueMessage) -> Iterator[None]:
+        """Run the `with` block as the work for `message`, then settle it:
+
+        - success: delete it;
+        - BadMessage: move it to the poison queue at once (retrying cannot help);
+        - the service away or failing (e.g. during a forward): leave it to come back after its
+          visibility timeout; this does not count as a failed attempt;
+        - any other error: leave it to come back after its visibility timeout, or move it to
+          the poison queue once it has been delivered `max_attempts` times;
+        - Ctrl+C (cli.Interrupted): release it so another consumer can take it at once.
+
+        While the block runs, the message's visibility timeout is extended again and again,
+        so that long work is not handed to a second consumer.
+        """
+        self._keeper.keep(message)
+        span = tracing.begin(message, self.name)  # tracing: receive -> work -> settle
+        try:
+            try:
+                with tracing.active(span):
+                    yield
+            finally:
+                self._keeper.drop(message)  # from here on, message.pop_receipt is final
+        except cli.Interrupted:
+            self.release(message)
+            tracing.end(span, "released")
+        except (BadMessage, RecursionError) as error:  # the same message fails the same way
+            self.poison(message, str(error) or type(error).__name__)
+            tracing.end(span, "poisoned", str(error) or type(error).__name__)
+        except Exception as error:
+            self._held.pop(message.id, None)
+            if connect.outage.noticed(self.log, error):  # the service's trouble, not the message
+                tracing.end(span, "outage", connect.in_short(error))
+                return
+            reason = f"{type(error).__name__}: {error}"
+            if message.dequeue_count >= self.max_attempts:
+                reason = f"failed {message.dequeue_count} times; last: {reason}"
+                self.poison(message, reason)
+                tracing.end(span, "poisoned", reason)
+            else:
+                self.log.warning(
+                    f"attempt {message.dequeue_count} of {self.max_attempts} failed for "
+                    f"{codec.describe(message)}: {reason}; it will be retried after its "
+                    "visibility timeout"
+                )
+                tracing.end(span, "retry", reason)
+        except BaseException:  # a second Ctrl+C: give the message back, then stop
+            self.release(message)
+            tracing.end(span, "released")
+            raise
+        else:
+            self.delete(message)
+            tracing.end(span, "done")
+
+    def delete(self, message: QueueMessage) -> None:
+        """Delete a message whose work is done. Never raises: a message that could not be
+        deleted is delivered again (at-least-once), and the line says so."""
+        self._held.pop(message.id, None)
+        try:
+            self.queue.delete_message(message.id, message.pop_receipt)
+        except (HttpResponseError, *connect.UNREACHABLE) as error:
+            if _not_ours(error):
+                self.log.warning(
+                    f"{codec.describe(message)} was no longer ours to delete (its visibility "
+                    "timeout ran out); another consumer may process it again"
+                )
+                return
+            connect.outage.noticed(self.log, error)
+            self.log.warning(
+                f"could not delete {codec.describe(message)}: {connect.in_short(error)}; "
+                "it will be delivered again"
+            )
+
+    def release(self, message: QueueMessage) -> None:
+        """Make a message visible again at once (instead of after its visibility timeout)."""
+        self._held.pop(message.id, None)
+        try:
+            self.queue.update_message(message.id, message.pop_receipt, visibility_timeout=0)
+            self.log.info(f"released {codec.describe(message)} back to '{self.name}'")
+        except (HttpResponseError, *connect.UNREACHABLE):
+            pass  # no longer ours, or the service is away: it reappears on its own
+
+    def poison(self, message: QueueMessage, reason: str) -> None:
+        """Move a message to `<queue>-poison` with the reason, then delete the original: the
+        copy is written first, so nothing is lost. Poison records never expire."""
+        record = {
+            "reason": reason,
+            "source_queue": self.name,
+            "dequeue_count": message.dequeue_count,
+            "poisoned_at": datetime.now(timezone.utc).isoformat(),
+            "message_id": message.id,
+            "body": message.content,
+        }
+        try:
+            text = codec.encode(record)
+        except codec.Unsendable:
+            text = message.content  # the wrapper would not fit: keep the body, log the reason
+        try:
+            if self._poison is None:
+                self._poison = connect.open_queue(self.name + connect.POISON_SUFFIX, self.log)
+            self._poison.send_message(text, time_to_live=connect.NEVER_EXPIRE)
+        except (Fatal, HttpResponseError, *connect.UNREACHABLE) as error:
+            self._held.pop(message.id, None)
+            connect.outage.noticed(self.log, error)
+            self.log.warning(
+                f"could not move {codec.describe(message)} to poison: "
+                f"{connect.in_short(error)}; it will come back"
+            )
+            return
+        self.delete(message)
+        where = f"{self.name}{connect.POISON_SUFFIX}"
+        self.log.warning(f"moved {codec.describe(message)} to '{where}': {reason}")
+
+
+def _not_ours(error: BaseException) -> bool:
+    """The message is no longer ours: gone, or received again by someone else (new receipt)."""
+    return isinstance(error, ResourceNotFoundError) or (
+        isinstance(error, HttpResponseError) and error.error_code == "PopReceiptMismatch"
+    )
+
+
+class _VisibilityKeeper:
+    """Keeps the messages in hand invisible while work on them outlasts the visibility timeout:
+    one background thread per Inbox extends each message's timeout every half timeout (a
+    thread per message would cost more than a small task's whole work)."""
+
+    def __init__(self, queue: QueueClient, timeout: int, log: logging.Logger) -> None:
+        self.queue, self.timeout, self.log = queue, timeout, log
+        self.interval = max(timeout / 2, 0.5)
+        self._due: dict[str, tuple[QueueMessage, float]] = {}  # id -> (message, next renewal)
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def keep(self, message: QueueMessage) -> None:
+        with self._changed:
+            self._due[message.id] = (message, time.monotonic() + self.interval)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True)
+                self._thread.start()
+            self._changed.notify()
+
+    def drop(self, message: QueueMessage) -> None:
+        with self._changed:  # waits for a renewal in progress: its pop receipt is the live one
+            self._due.pop(message.id, None)
+
+    def _run(self) -> None:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                for message, due in list(self._due.values()):
+                    if due <= now:
+                        if self._extend(message):
+                            self._due[message.id] = (message, now + self.interval)
+                        else:
+                            del self._due[message.id]
+                wake = min((due for _, due in self._due.values()), default=now + 60)
+                self._changed.wait(max(wake - time.monotonic(), 0.01))
+
+    def _extend(self, message: QueueMessage) -> bool:
+        """Extend one message's visibility timeout; False when it is no longer ours."""
+        try:
+            receipt = self.queue.update_message(
+                message.id, message.pop_receipt, visibility_timeout=self.timeout
+            )
+            message.pop_receipt = receipt.pop_receipt  # the old receipt is void now
+        except (HttpResponseError, *connect.UNREACHABLE) as error:
+            if connect.outage.noticed(self.log, error):
+                return True  # try again at the next renewal
+            self.log.warning(
+                f"could not extend the visibility timeout of {codec.describe(message)}: "
+                f"{connect.in_short(error)}; another consumer may take it"
+            )
+            return not _not_ours(error)
+        return True
+
+
+class Backoff:
+    """Idle polling: wait `initial` s after the first empty receive, doubling up to `maximum`.
+    After a non-empty receive, call reset() and poll again at once."""
+
+    def __init__(self, initial: float = 0.1, maximum: float = cli.IDLE_MAX) -> None:
+        self.initial, self.maximum = initial, maximum
+        self.delay = initial
+
+    def reset(self) -> None:
+        self.delay = self.initial
+
+    def wait(self, shutdown: cli.Shutdown) -> None:
+        shutdown.wait(self.delay)
+        self.delay = min(self.delay * 2, self.maximum)

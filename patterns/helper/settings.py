@@ -1,0 +1,175 @@
+"""Where the connection comes from: the environment, then `.env`, then the local Azurite.
+
+Also what is wrong with a connection string, in words that quote none of its values, and
+redaction for anything that must be printed. No SDK call is made here.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import find_dotenv
+from dotenv.parser import parse_stream
+
+CONNECTION_STRING_VAR = "AZURE_STORAGE_CONNECTION_STRING"
+ACCOUNT_URL_VAR = "AZURE_STORAGE_ACCOUNT_URL"  # Entra ID sign-in (optional extra `entra`)
+AZURITE_PORT = 10001
+# Azurite's well-known development account: public, documented, not a secret.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    connection_string: str  # "" when signing in with Entra ID (account_url)
+    source: str  # "environment", the .env path, or "default" (local Azurite)
+    account_url: str = ""  # https://<account>.queue.core.windows.net, with DefaultAzureCredential
+    notes: tuple[str, ...] = ()  # what was found but not usable: said before falling back
+
+    @property
+    def where(self) -> str:
+        return _where(self.source)
+
+
+def _where(source: str) -> str:
+    return "the environment" if source == "environment" else source
+
+
+def azurite_connection_string(port: int = AZURITE_PORT, host: str = "127.0.0.1") -> str:
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"QueueEndpoint=http://{host}:{port}/{AZURITE_ACCOUNT};"
+    )
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, dotenv_file: str | Path | None = None
+) -> Settings:
+    """The real environment wins, then `.env` (searched from the current directory up),
+    then the local Azurite on 127.0.0.1:10001. In each place a connection string wins over
+    AZURE_STORAGE_ACCOUNT_URL (Entra ID sign-in). An empty variable or an unreadable `.env`
+    line is skipped with a note, so that the learner hears why the next place was used."""
+    notes: list[str] = []
+
+    def places() -> Iterator[tuple[str, Mapping[str, str]]]:
+        yield "environment", os.environ if environ is None else environ
+        path = str(dotenv_file) if dotenv_file is not None else find_dotenv(usecwd=True)
+        if path and Path(path).is_file():  # read only when the environment had nothing
+            values, unreadable = read_dotenv(path)
+            notes.extend(unreadable)
+            yield path, values
+
+    for source, values in places():
+        for name in (CONNECTION_STRING_VAR, ACCOUNT_URL_VAR):
+            if name in values and not (values[name] or "").strip():
+                notes.append(f"{name} is set but empty in {_where(source)}: ignored")
+        if value := (values.get(CONNECTION_STRING_VAR) or "").strip():
+            return Settings(value, source, notes=tuple(notes))
+        if url := (values.get(ACCOUNT_URL_VAR) or "").strip():
+            return Settings("", source, account_url=url, notes=tuple(notes))
+    return Settings(azurite_connection_string(), "default", notes=tuple(notes))
+
+
+def read_dotenv(path: str | Path) -> tuple[dict[str, str], list[str]]:
+    """A .env file's variables, and a note for each line that does not parse. The notes name
+    the line by number only: its text may hold a key."""
+    try:
+        content = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as error:
+        return {}, [f"{path} cannot be read ({error.strerror}): ignored"]
+    values: dict[str, str] = {}
+    notes: list[str] = []
+    for binding in parse_stream(io.StringIO(content)):
+        text = binding.original.string
+        # A statement starts after the blank lines before it: count to its text.
+        line = binding.original.line + text[: len(text) - len(text.lstrip())].count("\n")
+        if binding.error:
+            notes.append(f"{path} line {line} is unreadable (expected NAME=value): ignored")
+        elif binding.key is not None:
+            values[binding.key] = binding.value or ""
+    return values, notes
+
+
+# The parts a storage connection string may have (Azure Storage documents these names).
+CONNECTION_STRING_PARTS = {
+    name.lower(): name
+    for name in (
+        "DefaultEndpointsProtocol", "AccountName", "AccountKey", "EndpointSuffix",
+        "SharedAccessSignature", "UseDevelopmentStorage", "DevelopmentStorageProxyUri",
+        "QueueEndpoint", "QueueSecondaryEndpoint", "BlobEndpoint", "BlobSecondaryEndpoint",
+        "FileEndpoint", "FileSecondaryEndpoint", "TableEndpoint", "TableSecondaryEndpoint",
+    )
+}  # fmt: skip
+CONNECTION_STRING_SHAPE = (
+    "DefaultEndpointsProtocol=https;AccountName=<name>;AccountKey=<key>;"
+    "EndpointSuffix=core.windows.net"
+)
+BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+
+
+def connection_string_problems(text: str) -> list[str]:
+    """What is wrong with a connection string, in words that quote none of its values (a
+    value may be a key, and so may a part that is not Name=value at all). [] if it is fine."""
+    parts = [part for part in text.strip().split(";") if part.strip()]
+    if len(parts) == 1 and len(parts[0].strip()) >= 20 and BASE64.match(parts[0].strip()):
+        return ["it looks like an account key on its own, not a whole connection string"]
+    problems: list[str] = []
+    found: dict[str, str] = {}
+    for number, part in enumerate(parts, start=1):
+        of = f"part {number} of {len(parts)}"
+        name, equals, value = part.partition("=")
+        known = CONNECTION_STRING_PARTS.get(name.strip().lower())
+        if not equals:
+            problems.append(f"{of} is not Name=value")
+        elif known is None:
+            # Show a name only when it cannot be a secret: a short word, like a misspelling.
+            shown = f" '{name}'" if re.fullmatch(r"[A-Za-z]{1,30}", name) else ""
+            problems.append(f"{of}{shown} is not a connection setting")
+        elif name != name.strip():
+            problems.append(f"{of} has a space around '{known}'")
+        elif not value.strip():
+            problems.append(f"{known} is empty")
+        elif value != value.strip() or re.search(r"\s", value):
+            problems.append(f"the value of {known} contains a space or line break")
+        if known and equals:
+            found[known] = value.strip()
+    if problems:
+        return problems
+    if found.get("UseDevelopmentStorage", "").lower() == "true":
+        return []
+    if "SharedAccessSignature" in found:
+        missing = [] if {"QueueEndpoint", "AccountName"} & found.keys() else ["AccountName"]
+    else:
+        missing = [name for name in ("AccountName", "AccountKey") if name not in found]
+    if missing:
+        problems.append(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing")
+    if "AccountKey" in found and not _is_base64(found["AccountKey"]):
+        problems.append("AccountKey is not a key (a key is base64 text, often ending in '=')")
+    if found.get("DefaultEndpointsProtocol", "https").lower() not in ("http", "https"):
+        problems.append("DefaultEndpointsProtocol must be https (or http)")
+    if not re.match(r"(?i)^https?://", found.get("QueueEndpoint", "https://")):
+        problems.append("QueueEndpoint must start with https:// (or http://)")
+    return problems
+
+
+def _is_base64(text: str) -> bool:
+    try:
+        base64.b64decode(text, validate=True)
+    except ValueError:
+        return False
+    return True
+
+
+def redact(connection_string: str) -> str:
+    """Hide account keys and SAS signatures so a connection string is safe to print."""
+    return re.sub(
+        r"(?i)(AccountKey|SharedAccessSignature|sig)=([^;&]+)", r"\1=***", connection_string
+    )
