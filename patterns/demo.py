@@ -9,6 +9,7 @@ prefixed with the script's role. Exit 0 only if every pattern passed its check.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -21,8 +22,9 @@ from pathlib import Path
 from azure.storage.queue import QueueServiceClient
 
 from patterns.emulator import Azurite
-from patterns.helper import Fatal, cli, settings
+from patterns.helper import Fatal, cli, settings, tracing
 from patterns.runner import Proc, echo, log_seconds, queue_exists, stop_all
+from patterns.tools import journey
 
 
 @dataclass
@@ -175,8 +177,26 @@ def _service(env: dict[str, str]) -> QueueServiceClient:
 
 def pipes_and_filters(env: dict[str, str]) -> Row:
     """10 orders and 1 invalid one through validate -> enrich -> finalize: the 10 come out at
-    the end, enriched, each once; the invalid one waits in queue-rejected with its reasons."""
+    the end, enriched, each once; the invalid one waits in queue-rejected with its reasons.
+    With the `trace` extra installed, the run is traced and the slowest journey is drawn."""
     count = 10
+    with _traced(env) as (traced_env, traces):
+        return _pipes_and_filters(traced_env, count, traces)
+
+
+@contextlib.contextmanager
+def _traced(env: dict[str, str]) -> Iterator[tuple[dict[str, str], Path | None]]:
+    """The environment with tracing to a temporary file, if OpenTelemetry is installed and
+    the caller did not choose an exporter of their own; else the environment as it was."""
+    if tracing.exporter_name(env) or importlib.util.find_spec("opentelemetry.sdk") is None:
+        yield env, None
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "traces.jsonl"
+        yield {**env, tracing.EXPORTER_VAR: "jsonl", tracing.FILE_VAR: str(path)}, path
+
+
+def _pipes_and_filters(env: dict[str, str], count: int, traces: Path | None) -> Row:
     with stage(env) as s:
         roles = ("validate", "enrich", "finalize")
         filters = [s.start(f"patterns.pipes_and_filters.{role}", label=role) for role in roles]
@@ -207,6 +227,11 @@ def pipes_and_filters(env: dict[str, str]) -> Row:
         and exits == [0, 0, 0]
     )
     detail = f"{len(finished)} of {count} orders finished, {len(rejected)} in queue-rejected"
+    if traces is not None and traces.is_file():  # the slowest order's journey, drawn
+        found = journey.journeys(journey.read_spans(traces))
+        slowest = max(found, key=lambda j: j.total_ms, default=None)
+        for line in [journey.LEGEND, *(journey.timeline(slowest).splitlines() if slowest else [])]:
+            echo(f"[journey] {line}")
     return Row("pipes and filters", len(sent), len(finished) + len(rejected), seconds, ok, detail)
 
 

@@ -119,6 +119,7 @@ CASES: list[Case] = [
     Case(f"{TOOLS}.redrive", "queue", CONSUMED),
     Case(f"{TOOLS}.redrive", "--count", "0", ("tasks-queue",)),
     Case(f"{TOOLS}.status", "--interval", "0"),
+    Case(f"{TOOLS}.journey", "--slowest", "0"),
     Case("bench.throughput", "--count", "0"),
     Case("bench.latency", "--samples", "0"),
     Case("bench.latency", "--idle-max", "0"),

@@ -6,6 +6,8 @@ One concern a file; each reads alone and imports only the ones above it in this 
                  what is wrong with a connection string, said without any of its values
     codec.py     message bodies: the one place a body is written (encode) and read
                  (parse_json, app_id, describe)
+    tracing.py   optional OpenTelemetry tracing of a message's journey: hooks that connect
+                 and consume call, doing nothing (importing nothing) unless switched on
     connect.py   the one client per process, queues and their names, sending, and what a
                  script says when the service is unreachable, refuses it, or is away
     cli.py       script plumbing: the log format, Ctrl+C, the argument parser with its range

@@ -30,7 +30,7 @@ from azure.core.exceptions import (
 )
 from azure.storage.queue import LinearRetry, QueueClient, QueueMessage, QueueServiceClient
 
-from patterns.helper import Fatal, codec, settings
+from patterns.helper import Fatal, codec, settings, tracing
 
 # --- queue names ----------------------------------------------------------------------------
 
@@ -324,7 +324,8 @@ def send_json(
     queue: QueueClient, body: Mapping[str, Any], time_to_live: int | None = None
 ) -> QueueMessage:
     """Send one JSON message. `time_to_live` (seconds) makes it expire if nobody takes it."""
-    return queue.send_message(codec.encode(body), time_to_live=time_to_live)
+    with tracing.sending(queue.queue_name, body) as body:  # tracing: the journey goes on
+        return queue.send_message(codec.encode(body), time_to_live=time_to_live)
 
 
 def concurrently(work: Callable[[T], R], items: Iterable[T], concurrency: int) -> Iterator[R]:

@@ -16,7 +16,7 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.queue import QueueClient, QueueMessage
 
-from patterns.helper import BadMessage, Fatal, cli, codec, connect
+from patterns.helper import BadMessage, Fatal, cli, codec, connect, tracing
 
 
 class Inbox:
@@ -122,6 +122,7 @@ class Inbox:
                     "once)"
                 )
         self._held.update((message.id, message) for message in messages)
+        tracing.received(messages, self.name)  # tracing: each message's queue wait ends here
         return messages
 
     @contextmanager
@@ -140,33 +141,43 @@ class Inbox:
         so that long work is not handed to a second consumer.
         """
         self._keeper.keep(message)
+        span = tracing.begin(message, self.name)  # tracing: receive -> work -> settle
         try:
             try:
-                yield
+                with tracing.active(span):
+                    yield
             finally:
                 self._keeper.drop(message)  # from here on, message.pop_receipt is final
         except cli.Interrupted:
             self.release(message)
+            tracing.end(span, "released")
         except (BadMessage, RecursionError) as error:  # the same message fails the same way
             self.poison(message, str(error) or type(error).__name__)
+            tracing.end(span, "poisoned", str(error) or type(error).__name__)
         except Exception as error:
             self._held.pop(message.id, None)
             if connect.outage.noticed(self.log, error):  # the service's trouble, not the message
+                tracing.end(span, "outage", connect.in_short(error))
                 return
             reason = f"{type(error).__name__}: {error}"
             if message.dequeue_count >= self.max_attempts:
-                self.poison(message, f"failed {message.dequeue_count} times; last: {reason}")
+                reason = f"failed {message.dequeue_count} times; last: {reason}"
+                self.poison(message, reason)
+                tracing.end(span, "poisoned", reason)
             else:
                 self.log.warning(
                     f"attempt {message.dequeue_count} of {self.max_attempts} failed for "
                     f"{codec.describe(message)}: {reason}; it will be retried after its "
                     "visibility timeout"
                 )
+                tracing.end(span, "retry", reason)
         except BaseException:  # a second Ctrl+C: give the message back, then stop
             self.release(message)
+            tracing.end(span, "released")
             raise
         else:
             self.delete(message)
+            tracing.end(span, "done")
 
     def delete(self, message: QueueMessage) -> None:
         """Delete a message whose work is done. Never raises: a message that could not be

@@ -16,7 +16,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from patterns.helper import BadMessage, cli, codec, connect, consume
+from patterns.helper import BadMessage, cli, codec, connect, consume, tracing
 
 
 def problems(order: dict[str, Any]) -> list[str]:
@@ -72,6 +72,7 @@ def main() -> int:
                         }
                         # Never expires: it waits in queue-rejected until someone looks at it.
                         connect.send_json(rejected, record, time_to_live=connect.NEVER_EXPIRE)
+                        tracing.event("rejected", reason="; ".join(reasons))  # if tracing is on
                         failed += 1
                         log.info(f"rejected {order.get('order_id')}: {'; '.join(reasons)}")
                     else:

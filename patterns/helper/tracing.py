@@ -1,0 +1,280 @@
+"""Tracing a message's journey across the queues with OpenTelemetry (optional, off by default).
+
+Switched on by one environment variable, OpenTelemetry's own:
+
+    OTEL_TRACES_EXPORTER=jsonl   spans go to the file traces.jsonl (OTEL_TRACES_FILE says where);
+                                 `python -m patterns.tools.journey` draws them
+    OTEL_TRACES_EXPORTER=otlp    spans go to the OTLP/HTTP collector at
+                                 OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318)
+    OTEL_TRACES_EXPORTER=console spans are printed to stderr
+
+Setting only OTEL_EXPORTER_OTLP_ENDPOINT means otlp. Unset (or `none`), nothing is traced and
+opentelemetry is never imported: tracing costs nothing unless asked for. It needs the extra:
+pip install -e '.[trace]'. OTEL_SERVICE_NAME names the process (default: the script's name).
+
+Queue Storage messages have no headers, so the W3C trace context travels in the JSON body:
+`"traceparent"` (and `"queued_at"`, the send time, so each hop's wait in the queue is known).
+One trace per journey: the producer's send starts it, each consumer's receive -> work ->
+settle is a span in it, and what a consumer sends while working (a filter's forward, a reply)
+continues it. A message without a traceparent starts a new trace; it is never refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+EXPORTER_VAR = "OTEL_TRACES_EXPORTER"
+FILE_VAR = "OTEL_TRACES_FILE"  # ours: where the jsonl exporter writes
+DEFAULT_FILE = "traces.jsonl"
+EXPORTERS = ("jsonl", "otlp", "console")
+ID_KEYS = ("id", "order_id", "correlation_id")  # the application ids our messages carry
+
+
+def exporter_name(environ: Mapping[str, str] = os.environ) -> str | None:
+    """Which exporter the environment asks for; None: tracing is off."""
+    name = environ.get(EXPORTER_VAR, "").strip().lower()
+    if not name and environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip():
+        name = "otlp"
+    return name if name and name != "none" else None
+
+
+def traces_file(environ: Mapping[str, str] = os.environ) -> Path:
+    return Path(environ.get(FILE_VAR, "").strip() or DEFAULT_FILE)
+
+
+ENABLED = exporter_name() is not None
+_tracer: Any = None  # made on first use, so that an unused switch imports nothing either
+_lock = threading.Lock()  # the producer's send threads all ask for it at once
+
+
+def _service_name() -> str:
+    """OTEL_SERVICE_NAME, else the script's own name: validate, enrich, replier, ..."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = spec.name if spec else Path(sys.argv[0] or "python").stem
+    return os.environ.get("OTEL_SERVICE_NAME", "").strip() or name.rsplit(".", 1)[-1]
+
+
+def _get_tracer() -> Any:
+    if _tracer is None:
+        with _lock:
+            if _tracer is None:
+                _make_tracer()
+    return _tracer
+
+
+def _make_tracer() -> None:
+    global _tracer
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            ConsoleSpanExporter,
+            SimpleSpanProcessor,
+        )
+    except ImportError:
+        from patterns.helper import Fatal
+
+        raise Fatal(
+            f"{EXPORTER_VAR} is set but OpenTelemetry is not installed: "
+            "pip install -e '.[trace]' (or unset the variable)"
+        ) from None
+    name = exporter_name()
+    if name not in EXPORTERS:
+        from patterns.helper import Fatal
+
+        raise Fatal(f"{EXPORTER_VAR}={name!r} is not one of {', '.join(EXPORTERS)}, none")
+    resource = Resource.create({"service.name": _service_name(), "process.pid": os.getpid()})
+    provider = TracerProvider(resource=resource)
+    if name == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    elif name == "console":
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+    else:  # one line per span, written when the span ends: nothing lost to kill -9
+        provider.add_span_processor(SimpleSpanProcessor(_JsonLines(traces_file())))
+    trace.set_tracer_provider(provider)  # flushed at exit by the SDK's own atexit hook
+    _tracer = trace.get_tracer("azure-queue-patterns")
+
+
+class _JsonLines:
+    """A SpanExporter writing one JSON object per span, appended by every process alike."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        for span in spans:
+            line = json.dumps(span_record(span), ensure_ascii=False) + "\n"
+            os.write(self.fd, line.encode())  # one write per line: lines never interleave
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        os.close(self.fd)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def span_record(span: Any) -> dict[str, Any]:
+    """What the journey renderer reads of a finished span."""
+    context, parent = span.get_span_context(), span.parent
+    return {
+        "trace_id": f"{context.trace_id:032x}",
+        "span_id": f"{context.span_id:016x}",
+        "parent_id": f"{parent.span_id:016x}" if parent else None,
+        "name": span.name,
+        "kind": span.kind.name.lower(),
+        "service": span.resource.attributes.get("service.name"),
+        "pid": span.resource.attributes.get("process.pid"),
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "attributes": dict(span.attributes or {}),
+        "events": [
+            {"name": e.name, "time_ns": e.timestamp, "attributes": dict(e.attributes or {})}
+            for e in span.events
+        ],
+    }
+
+
+def _app_id(body: Mapping[str, Any]) -> str | None:
+    for key in ID_KEYS:
+        if isinstance(body.get(key), str):
+            return body[key]
+    return None
+
+
+# --- the hooks the helper calls; each one does nothing when tracing is off ------------------
+
+
+def sending(queue: str, body: Mapping[str, Any]) -> Any:
+    """`with sending(queue, body) as body:` a send span (a child of the span in progress, if
+    any: that is how a forward or a reply stays in its journey's trace) and the body to send,
+    carrying the span's traceparent and the time it was queued."""
+    return _sending(queue, body) if ENABLED else nullcontext(body)
+
+
+@contextmanager
+def _sending(queue: str, body: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    tracer = _get_tracer()  # first: says what is missing if the extra is not installed
+    from opentelemetry import propagate, trace
+
+    attributes = {"messaging.system": "azure_queue_storage", "messaging.destination.name": queue}
+    if (app_id := _app_id(body)) is not None:
+        attributes["app.id"] = app_id
+    kind = trace.SpanKind.PRODUCER
+    with tracer.start_as_current_span(f"send {queue}", kind=kind, attributes=attributes):
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        queued_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        yield {**body, "traceparent": carrier.get("traceparent"), "queued_at": queued_at}
+
+
+_last_empty: dict[str, int] = {}  # queue -> when its consumer last found it empty (ns)
+_slept: dict[str, tuple[int, int]] = {}  # queue -> the consumer's last sleep: (from, to) in ns
+
+
+def received(messages: list[Any], queue: str) -> None:
+    """Note when each message was received (its span starts there, its queue wait ends) and
+    when this consumer last slept between polls of an empty queue: the part of a message's
+    wait that fell in that sleep was waiting for a poll, the rest waiting in line."""
+    if not ENABLED:
+        return
+    now = time.time_ns()
+    if not messages:
+        _last_empty.setdefault(queue, now)  # the sleep starts at the first empty receive
+        return
+    if queue in _last_empty:  # woke up: this receive ended a sleep
+        _slept[queue] = (_last_empty.pop(queue), now)
+    for message in messages:
+        message.received_ns = now
+        message.slept = _slept.get(queue)
+
+
+def begin(message: Any, queue: str) -> Any:
+    """Start the span of one message's receive -> work -> settle, in its journey's trace."""
+    if not ENABLED:
+        return None
+    tracer = _get_tracer()
+    from opentelemetry import propagate, trace
+
+    body: dict[str, Any] = {}
+    try:  # never fail a message over its trace context: without one it starts a new trace
+        parsed = json.loads(message.content or "")
+        body = parsed if isinstance(parsed, dict) else {}
+    except (ValueError, RecursionError):
+        pass
+    carrier = (
+        {"traceparent": body["traceparent"]} if isinstance(body.get("traceparent"), str) else {}
+    )
+    start = getattr(message, "received_ns", None) or time.time_ns()
+    attributes: dict[str, Any] = {
+        "messaging.system": "azure_queue_storage",
+        "messaging.destination.name": queue,
+        "messaging.message.id": message.id,
+        "messaging.azure.dequeue_count": message.dequeue_count,
+    }
+    if (app_id := _app_id(body)) is not None:
+        attributes["app.id"] = app_id
+    try:
+        queued = datetime.fromisoformat(str(body.get("queued_at")))
+        attributes["queue.wait_ms"] = round(max(0.0, start / 1e6 - queued.timestamp() * 1e3), 3)
+        queued_ns = start - attributes["queue.wait_ms"] * 1e6
+        slept = getattr(message, "slept", None)  # (from, to): this consumer's last sleep
+        polling = max(0.0, min(slept[1], start) - max(queued_ns, slept[0])) if slept else 0.0
+        attributes["queue.poll_wait_ms"] = round(polling / 1e6, 3)
+    except (ValueError, TypeError, OverflowError):
+        pass  # not sent with tracing on: the wait is unknown
+    return tracer.start_span(
+        f"process {queue}",
+        context=propagate.extract(carrier),
+        kind=trace.SpanKind.CONSUMER,
+        attributes=attributes,
+        start_time=start,
+    )
+
+
+def active(span: Any) -> Any:
+    """`with active(span):` the work, so that what it sends belongs to the same trace."""
+    if span is None:
+        return nullcontext()
+    from opentelemetry import trace
+
+    return trace.use_span(span, end_on_exit=False, record_exception=False)
+
+
+def end(span: Any, outcome: str, reason: str | None = None) -> None:
+    """End a message's span: outcome done / poisoned / retry / released / outage; for anything
+    but done, an event of that name with the reason."""
+    if span is None:
+        return
+    span.set_attribute("outcome", outcome)
+    if outcome != "done":
+        span.add_event(outcome, {"reason": reason} if reason else {})
+    if outcome in ("poisoned", "retry"):
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_status(Status(StatusCode.ERROR, reason))
+    span.end()
+
+
+def event(name: str, **attributes: Any) -> None:
+    """An event on the span in progress (e.g. validate's "rejected"); nothing when off."""
+    if ENABLED:
+        from opentelemetry import trace
+
+        trace.get_current_span().add_event(name, attributes)

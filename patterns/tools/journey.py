@@ -1,0 +1,235 @@
+"""Journey: draws where each message went and where its time went, from the traced spans.
+
+    OTEL_TRACES_EXPORTER=jsonl python -m patterns.pipes_and_filters.validate   # (and the others)
+    python -m patterns.tools.journey                          # every journey in traces.jsonl
+    python -m patterns.tools.journey --id ORD-1a2b3c4d-001    # one order's journey
+    python -m patterns.tools.journey --slowest 3 --mermaid    # as sequence diagrams for GitHub
+
+Reads the spans the scripts wrote with tracing on (see patterns/helper/tracing.py). One journey
+per trace; one row per hop: the producer's send, then each consumer's receive -> work ->
+settle, with the time the message waited in the queue before it and the time it was worked on
+('#'), on one time axis. Of the wait, '.' is the part when its consumer was asleep between
+polls of an empty queue (the cost of polling after idle) and '-' the part it waited behind
+other messages while the consumer was busy (the cost of too few consumers). Poison, retries and
+releases are named at the end of their row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from patterns.helper import Fatal, cli, tracing
+
+WIDTH = 40  # characters of the time axis
+
+
+@dataclass
+class Hop:
+    """One row: who, on which queue, waited from `queued` to `start`, worked until `end` (ns)."""
+
+    role: str
+    action: str  # "send" or "process"
+    queue: str
+    queued: int
+    start: int
+    end: int
+    outcome: str = ""
+    poll_ms: float | None = None  # of the wait: the consumer asleep between polls
+    notes: list[str] = field(default_factory=list)
+    sends: list[tuple[int, str]] = field(default_factory=list)  # (time, queue) sent while working
+
+    @property
+    def wait_ms(self) -> float:
+        return (self.start - self.queued) / 1e6
+
+    @property
+    def work_ms(self) -> float:
+        return (self.end - self.start) / 1e6
+
+
+@dataclass
+class Journey:
+    trace_id: str
+    app_id: str
+    hops: list[Hop]
+
+    @property
+    def begin(self) -> int:
+        return min(hop.queued for hop in self.hops)
+
+    @property
+    def total_ms(self) -> float:
+        return (max(hop.end for hop in self.hops) - self.begin) / 1e6
+
+
+def read_spans(path: Path) -> list[dict[str, Any]]:
+    """The spans in a traces file; a line that is not a span (cut short by kill -9) is skipped."""
+    spans = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            span = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(span, dict) and {"trace_id", "start_ns", "end_ns"} <= span.keys():
+            spans.append(span)
+    return spans
+
+
+def journeys(spans: list[dict[str, Any]]) -> list[Journey]:
+    """The spans grouped by trace, as rows of hops, in the order the journeys began."""
+    by_trace: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for span in spans:
+        by_trace[span["trace_id"]].append(span)
+    found = []
+    for trace_id, members in by_trace.items():
+        by_id = {span["span_id"]: span for span in members}
+        hops = []
+        app_id = ""
+        for span in sorted(members, key=lambda s: s["start_ns"]):
+            attributes = span.get("attributes", {})
+            app_id = app_id or attributes.get("app.id", "")
+            queue = attributes.get("messaging.destination.name", "?")
+            parent = by_id.get(span.get("parent_id") or "")
+            if span.get("kind") == "producer" and parent and parent.get("kind") == "consumer":
+                continue  # a forward or reply: drawn as part of its consumer's work
+            hop = Hop(
+                role=span.get("service") or "?",
+                action="process" if span.get("kind") == "consumer" else "send",
+                queue=queue,
+                queued=span["start_ns"],
+                start=span["start_ns"],
+                end=span["end_ns"],
+                outcome=attributes.get("outcome", ""),
+            )
+            if "queue.wait_ms" in attributes:
+                hop.queued = span["start_ns"] - round(attributes["queue.wait_ms"] * 1e6)
+                hop.poll_ms = attributes.get("queue.poll_wait_ms")
+            for event in span.get("events", []):
+                reason = event.get("attributes", {}).get("reason")
+                hop.notes.append(f"{event['name']}: {reason}" if reason else event["name"])
+            for child in members:
+                if child.get("parent_id") == span["span_id"] and child.get("kind") == "producer":
+                    child_queue = child.get("attributes", {}).get("messaging.destination.name")
+                    hop.sends.append((child["start_ns"], child_queue or "?"))
+            hops.append(hop)
+        if hops:
+            hops.sort(key=lambda hop: hop.start)
+            found.append(Journey(trace_id, app_id, hops))
+    return sorted(found, key=lambda journey: journey.begin)
+
+
+LEGEND = "in the queue: '.' its consumer asleep between polls, '-' behind others;  '#' work"
+
+
+def timeline(journey: Journey, width: int = WIDTH) -> str:
+    """Rows aligned like a Gantt chart: the wait in the queue, then the work."""
+    begin, total = journey.begin, max(journey.total_ms, 0.001)
+
+    def column(ns: int) -> int:
+        return min(width - 1, int((ns - begin) / 1e6 / total * width))
+
+    q = max(14, *(len(hop.queue) for hop in journey.hops)) + 2  # the queue column's width
+    lines = [
+        f"{journey.app_id or '(no id)'}  trace {journey.trace_id}  {journey.total_ms:.1f} ms",
+        f"  {'hop':<9} {'queue':<{q}} {'wait ms':>8} {'(poll)':>8} {'work ms':>8}  |{'':<{width}}|",
+    ]
+    for hop in journey.hops:
+        bar = [" "] * width
+        woke = hop.queued + round((hop.poll_ms or 0) * 1e6)  # the poll part comes first
+        for c in range(column(hop.queued), column(hop.start)):
+            bar[c] = "-"
+        for c in range(column(hop.queued), column(woke)):
+            bar[c] = "."
+        for c in range(column(hop.start), column(hop.end) + 1):
+            bar[c] = "#"
+        wait = f"{hop.wait_ms:8.1f}" if hop.action == "process" else f"{'':>8}"
+        wait += f" {hop.poll_ms:8.1f}" if hop.poll_ms is not None else f" {'':>8}"
+        what = hop.role if hop.action == "process" else f"{hop.role}"
+        line = f"  {what:<9} {hop.queue:<{q}} {wait} {hop.work_ms:8.1f}  |{''.join(bar)}|"
+        extra = [hop.outcome] if hop.outcome and hop.outcome != "done" else []
+        lines.append(" ".join([line, *[n for n in hop.notes if n not in extra], *extra]).rstrip())
+    return "\n".join(lines)
+
+
+def mermaid(journey: Journey) -> str:
+    """A Mermaid sequence diagram of the journey (paste it in a ```mermaid block on GitHub)."""
+    names: dict[str, str] = {}
+
+    def alias(name: str) -> str:
+        return names.setdefault(name, f"P{len(names)}")
+
+    def plain(text: str) -> str:  # without the characters Mermaid reads as syntax
+        return text.replace(";", ",").replace("#", "")
+
+    begin, app_id = journey.begin, plain(journey.app_id)
+    events: list[tuple[int, int, str]] = []  # (time, order, line)
+    for hop in journey.hops:
+        role, queue = alias(hop.role), alias(hop.queue)
+        at = f"+{(hop.start - begin) / 1e6:.1f} ms"
+        why = f", {hop.poll_ms:.1f} ms of it for a poll" if hop.poll_ms is not None else ""
+        if hop.action == "send":
+            events.append((hop.start, 0, f"    {role}->>{queue}: send {app_id} ({at})"))
+            continue
+        events.append(
+            (hop.start, 1, f"    {queue}->>{role}: {at}, waited {hop.wait_ms:.1f} ms{why}")
+        )
+        for sent, target in hop.sends:
+            events.append((sent, 2, f"    {role}->>{alias(target)}: send"))
+        outcome = hop.outcome or "done"
+        note = f"work {hop.work_ms:.1f} ms, {outcome}"
+        reasons = [n for n in hop.notes if n != outcome]
+        if reasons:
+            note += " - " + "; ".join(reasons)
+        note = plain(note)
+        events.append((hop.end, 3, f"    Note over {role}: {note}"))
+    lines = ["sequenceDiagram", f"    title {app_id or journey.trace_id}: "
+             f"{journey.total_ms:.1f} ms"]  # fmt: skip
+    lines += [f"    participant {a} as {name}" for name, a in names.items()]
+    lines += [line for _, _, line in sorted(events)]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--file",
+        type=Path,
+        default=tracing.traces_file(),
+        help=f"the traces file (default ${tracing.FILE_VAR} or {tracing.DEFAULT_FILE})",
+    )
+    parser.add_argument("--id", help="only the journey of this application id (e.g. an order id)")
+    parser.add_argument(
+        "--slowest",
+        type=cli.whole_number(least=1),
+        metavar="N",
+        help="only the N journeys that took longest",
+    )
+    parser.add_argument(
+        "--mermaid", action="store_true", help="print Mermaid sequence diagrams instead"
+    )
+    args = parser.parse_args()
+    if not args.file.is_file():
+        raise Fatal(
+            f"no traces file at {args.file}: "
+            f"run the scripts with {tracing.EXPORTER_VAR}=jsonl first"
+        )
+    found = journeys(read_spans(args.file))
+    if args.id is not None:
+        found = [j for j in found if j.app_id == args.id]
+        if not found:
+            raise Fatal(f"no journey of {args.id!r} in {args.file}", exit_code=1)
+    if args.slowest:
+        found = sorted(found, key=lambda j: j.total_ms, reverse=True)[: args.slowest]
+    if args.mermaid:
+        print("\n\n".join(mermaid(journey) for journey in found))
+    else:
+        print("\n\n".join([LEGEND, *(timeline(journey) for journey in found)]))
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
