@@ -21,6 +21,8 @@ VISIBILITY_TIMEOUT = 30  # seconds
 MAX_ATTEMPTS = 5
 BATCH_SIZE = 1
 IDLE_MAX = 1.0  # seconds
+RETRY_BACKOFF = 1  # seconds before the 2nd attempt; doubling per failure (2, 4, 8...)
+RETRY_BACKOFF_MAX = 60  # seconds: the longest wait between two attempts
 
 
 # --- output and Ctrl+C ----------------------------------------------------------------------
@@ -202,6 +204,16 @@ def add_consumer_arguments(
     parser.add_argument(
         "--max-attempts", type=whole_number(least=1), default=MAX_ATTEMPTS, metavar="N",
         help="deliveries before a failing message moves to the poison queue",
+    )  # fmt: skip
+    parser.add_argument(
+        "--retry-backoff", type=whole_number(least=0, most=3600), default=RETRY_BACKOFF,
+        metavar="SECONDS",
+        help="wait before retrying a failed task, doubled per failure (0: wait out the "
+        "visibility timeout)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--retry-backoff-max", type=whole_number(least=1, most=7 * 24 * 3600),
+        default=RETRY_BACKOFF_MAX, metavar="SECONDS", help="longest wait between two attempts",
     )  # fmt: skip
     parser.add_argument(
         "--idle-max", type=idle_max, default=IDLE_MAX, metavar="SECONDS",
