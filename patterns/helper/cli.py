@@ -172,6 +172,8 @@ any_queue = _queue_type(consumed=False)  # `type=` for a queue name
 consumed_queue = _queue_type(consumed=True)  # a queue someone consumes: room for -poison
 # --idle-max: the backoff starts at 0.1 s, so a lower ceiling would only poll faster.
 idle_max = seconds(least=0.1, most=60)
+# --delay: a message's initial visibility timeout; the service allows up to 7 days.
+delay = whole_number(least=0, most=7 * 24 * 3600)
 
 
 def add_queue_argument(
