@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from datetime import datetime
 
+import pytest
 from azure.storage.queue import QueueClient
 from support import (
     assert_refused,
@@ -347,3 +348,24 @@ def test_a_failing_task_is_retried_after_a_growing_backoff_then_poisoned(start, 
     assert sum(gaps) < 4 * cli.VISIBILITY_TIMEOUT / 2, gaps  # well before 4 x the timeout
     assert message_count(service, qname) == 0
     assert consumer.stop() == 0
+
+
+def test_delayed_tasks_are_not_received_before_their_delay_and_are_after(start, env, qname):
+    consumer = start(CONSUMER, "--queue", qname, "--work-seconds", "0", "--idle-max", "0.2")
+    consumer.wait_for("waiting for tasks")
+    sent_at = time.monotonic()
+    producer = run_script(PRODUCER, "--queue", qname, "--count", "2", "--delay", "4", env=env)
+    assert producer.returncode == 0, producer.stderr
+    consumer.wait_for(r"done task-002", timeout=20)
+    waited = time.monotonic() - sent_at
+    assert waited >= 3.5, f"received after {waited:.1f} s, before the 4 s delay"
+    assert len(ids_logged(consumer, "done")) == 2
+    assert consumer.stop() == 0
+
+
+def test_a_delay_must_end_before_the_message_expires(service, qname):
+    from patterns.helper import Fatal, connect
+
+    queue = service.get_queue_client(qname)
+    with pytest.raises(Fatal, match=r"delay of 60 s must be shorter than .* time to live \(60 s\)"):
+        connect.send_json(queue, {"id": "late"}, time_to_live=60, delay=60)

@@ -6,8 +6,9 @@ consumers run (Ctrl+C stops it):
     python patterns/tools/status.py --watch          # or: make status ARGS=--watch
     python -m patterns.tools.status --prefix fanout  # only queues whose names start so
 
-Counts are the service's approximate message count: messages a consumer holds (invisible)
-are included. Works against Azurite and a real account alike.
+`messages` is the service's approximate message count: it includes the invisible ones, held
+by a consumer or delayed (--delay). `visible` is what a peek sees now (up to 32): the ones a
+consumer could take at once. Works against Azurite and a real account alike.
 """
 
 from __future__ import annotations
@@ -33,26 +34,30 @@ class Row:
     group: str  # the pattern's title, or "other"
     queue: str
     messages: int | None  # None: the queue does not exist (only its poison queue does)
+    visible: int | None  # peeked now, up to 32
     poison: int | None  # None: no poison queue
 
 
-def counts(svc: QueueServiceClient, prefix: str) -> dict[str, int]:
-    """Approximate message count of every queue whose name starts with `prefix`."""
+def counts(svc: QueueServiceClient, prefix: str) -> dict[str, tuple[int, int]]:
+    """(approximate message count, visible now) of every queue whose name starts with
+    `prefix`. A peek cannot see invisible messages (held, or delayed): the difference."""
     names = [q.name for q in svc.list_queues(name_starts_with=prefix or None)]
 
-    def count(name: str) -> int | None:
+    def count(name: str) -> tuple[int, int] | None:
+        queue = svc.get_queue_client(name)
         try:
-            props = svc.get_queue_client(name).get_queue_properties()
+            total = queue.get_queue_properties().approximate_message_count
+            visible = len(queue.peek_messages(max_messages=connect.MAX_BATCH))
         except ResourceNotFoundError:
             return None  # deleted since it was listed
-        return props.approximate_message_count
+        return total, visible
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         found = dict(zip(names, pool.map(count, names), strict=True))
     return {name: n for name, n in found.items() if n is not None}
 
 
-def rows(found: dict[str, int], prefix: str = "") -> list[Row]:
+def rows(found: dict[str, tuple[int, int]], prefix: str = "") -> list[Row]:
     """One row per queue, its poison queue's count beside it, in the tutorial's order."""
     table: dict[str, Row] = {}
     for name in sorted(found, key=lambda n: sort_key(n, prefix)):
@@ -60,11 +65,12 @@ def rows(found: dict[str, int], prefix: str = "") -> list[Row]:
         queue = source_queue(name) if poison else name
         if queue not in table:
             pattern = classify(queue, prefix)
-            table[queue] = Row(pattern[0].title if pattern else "other", queue, None, None)
+            group = pattern[0].title if pattern else "other"
+            table[queue] = Row(group, queue, None, None, None)
         if poison:
-            table[queue].poison = found[name]
+            table[queue].poison = found[name][0]
         else:
-            table[queue].messages = found[name]
+            table[queue].messages, table[queue].visible = found[name]
     return sorted(table.values(), key=lambda r: sort_key(r.queue, prefix))
 
 
@@ -73,8 +79,8 @@ def render(table: list[Row], endpoint: str, prefix: str) -> str:
     stamp = datetime.now().strftime("%H:%M:%S")
     if not table:
         return f"{stamp}  no queues{scope} at {endpoint} yet\n"
-    head = ("pattern", "queue", "messages", "poison")
-    lines: list[tuple[str, str, str, str]] = []
+    head = ("pattern", "queue", "messages", "visible", "poison")
+    lines: list[tuple[str, ...]] = []
     previous = ""
     for row in table:
         lines.append(
@@ -82,18 +88,27 @@ def render(table: list[Row], endpoint: str, prefix: str) -> str:
                 row.group if row.group != previous else "",
                 row.queue,
                 "-" if row.messages is None else str(row.messages),
+                _visible(row.visible),
                 "-" if row.poison is None else str(row.poison),
             )
         )
         previous = row.group
-    w = [max(len(line[i]) for line in [head, *lines]) for i in range(4)]
-    out = [f"{head[0]:<{w[0]}}  {head[1]:<{w[1]}}  {head[2]:>{w[2]}}  {head[3]:>{w[3]}}"]
-    out += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}  {d:>{w[3]}}" for a, b, c, d in lines]
+    w = [max(len(line[i]) for line in [head, *lines]) for i in range(5)]
+    out = [
+        f"{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}  {d:>{w[3]}}  {e:>{w[4]}}"
+        for a, b, c, d, e in [head, *lines]
+    ]
     out.append(
-        f"{stamp}  {len(table)} queue(s){scope} at {endpoint}  "
-        f"(poison: in <queue>{connect.POISON_SUFFIX}; -: no queue)"
+        f"{stamp}  {len(table)} queue(s){scope} at {endpoint}  (visible: a peek sees them now; "
+        f"poison: in <queue>{connect.POISON_SUFFIX}; -: no queue)"
     )
     return "\n".join(out) + "\n"
+
+
+def _visible(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n}+" if n == connect.MAX_BATCH else str(n)  # a peek shows at most 32
 
 
 def main() -> int:
