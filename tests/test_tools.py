@@ -117,6 +117,18 @@ def test_status_counts_delayed_messages_that_a_peek_cannot_see(env, service, ns)
     assert f"0 message(s) shown of about 3 in '{queue}'" in peeked.stdout
 
 
+def test_status_goes_on_when_a_peek_fails(env, service, ns):
+    """A message Azurite cannot hand out (a raw \\x00) makes every peek of its queue fail
+    (500): status still shows the count, with '?' for what is visible."""
+    queue = f"{ns}tasks-queue"
+    service.create_queue(queue)
+    service.get_queue_client(queue).send_message('{"id": "raw-\x00"}')
+    result = run_script(STATUS, "--prefix", ns, env=env)
+    assert result.returncode == 0, result.stderr
+    assert [m.groups()[1:] for m in _rows(result.stdout, ns)] == [("1", "?", "-")]
+    assert "Traceback" not in result.stderr, result.stderr
+
+
 def test_status_with_nothing_there_says_so(env, ns):
     result = run_script(STATUS, "--prefix", ns, env=env)
     assert result.returncode == 0

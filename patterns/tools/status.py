@@ -14,6 +14,7 @@ consumer could take at once. Works against Azurite and a real account alike.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -34,22 +35,25 @@ class Row:
     group: str  # the pattern's title, or "other"
     queue: str
     messages: int | None  # None: the queue does not exist (only its poison queue does)
-    visible: int | None  # peeked now, up to 32
+    visible: int | None  # peeked now, up to 32 (None: no queue, or the peek failed)
     poison: int | None  # None: no poison queue
 
 
-def counts(svc: QueueServiceClient, prefix: str) -> dict[str, tuple[int, int]]:
+def counts(svc: QueueServiceClient, prefix: str) -> dict[str, tuple[int, int | None]]:
     """(approximate message count, visible now) of every queue whose name starts with
     `prefix`. A peek cannot see invisible messages (held, or delayed): the difference."""
     names = [q.name for q in svc.list_queues(name_starts_with=prefix or None)]
 
-    def count(name: str) -> tuple[int, int] | None:
+    def count(name: str) -> tuple[int, int | None] | None:
         queue = svc.get_queue_client(name)
         try:
             total = queue.get_queue_properties().approximate_message_count
-            visible = len(queue.peek_messages(max_messages=connect.MAX_BATCH))
         except ResourceNotFoundError:
             return None  # deleted since it was listed
+        try:
+            visible: int | None = len(queue.peek_messages(max_messages=connect.MAX_BATCH))
+        except HttpResponseError:  # e.g. a message the service cannot hand out (Azurite, \x00)
+            visible = None  # shown as '?': the count still stands
         return total, visible
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -57,7 +61,7 @@ def counts(svc: QueueServiceClient, prefix: str) -> dict[str, tuple[int, int]]:
     return {name: n for name, n in found.items() if n is not None}
 
 
-def rows(found: dict[str, tuple[int, int]], prefix: str = "") -> list[Row]:
+def rows(found: dict[str, tuple[int, int | None]], prefix: str = "") -> list[Row]:
     """One row per queue, its poison queue's count beside it, in the tutorial's order."""
     table: dict[str, Row] = {}
     for name in sorted(found, key=lambda n: sort_key(n, prefix)):
@@ -88,7 +92,7 @@ def render(table: list[Row], endpoint: str, prefix: str) -> str:
                 row.group if row.group != previous else "",
                 row.queue,
                 "-" if row.messages is None else str(row.messages),
-                _visible(row.visible),
+                _visible(row),
                 "-" if row.poison is None else str(row.poison),
             )
         )
@@ -105,10 +109,12 @@ def render(table: list[Row], endpoint: str, prefix: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def _visible(n: int | None) -> str:
-    if n is None:
-        return "-"
-    return f"{n}+" if n == connect.MAX_BATCH else str(n)  # a peek shows at most 32
+def _visible(row: Row) -> str:
+    if row.messages is None:
+        return "-"  # no such queue
+    if row.visible is None:
+        return "?"  # the peek failed
+    return f"{row.visible}+" if row.visible == connect.MAX_BATCH else str(row.visible)
 
 
 def main() -> int:
@@ -129,6 +135,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     log = cli.logger("status")
+    # A failing peek is shown as '?'; the SDK would also print its multi-line traceback.
+    logging.getLogger("azure.storage.queue").setLevel(logging.ERROR)
     svc = connect.service(log)
     endpoint = connect.endpoint()  # without a SAS token
     print(render(rows(counts(svc, args.prefix), args.prefix), endpoint, args.prefix), end="")
