@@ -67,7 +67,7 @@ def main() -> int:
     )  # fmt: skip
     args = parser.parse_args()
     if args.min > args.max:
-        parser.error(f"--min {args.min} is more than --max {args.max}")
+        parser.error(f"argument --min: expected at most --max ({args.max}), got {args.min}")
     log = cli.logger("autoscaler")
     stop = cli.Shutdown()
     queue = connect.open_queue(args.queue, log)
