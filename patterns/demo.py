@@ -260,6 +260,46 @@ def request_reply(env: dict[str, str]) -> Row:
     return Row("request/reply", count, len(matched), seconds, ok, detail)
 
 
+def load_leveling(env: dict[str, str]) -> Row:
+    """Two bursts of 20 tasks: the autoscaler adds consumers, every task is done once, and
+    after the cool-down it is back to one consumer; every consumer it started has exited."""
+    count = 40
+    with stage(env) as s:
+        scaler = s.start(
+            "patterns.load_leveling.autoscaler",
+            *("--min", "1", "--max", "4", "--target", "5", "--interval", "0.5"),
+            *("--cooldown", "3", "--work-seconds", "0.2"),
+            label="autoscaler",
+        )
+        scaler.wait_for(r"consumer\[\d+\] waiting for tasks")
+        started = time.perf_counter()
+        producer = s.start(
+            "patterns.load_leveling.producer",
+            *("--bursts", "2", "--burst-size", str(count // 2), "--lull-seconds", "2"),
+            label="producer",
+        )
+        producer_ok = producer.wait(60) == 0
+        scaler.wait_for(r"consumer\[\d+\] done task-", timeout=60, count=count)
+        seconds = time.perf_counter() - started
+        scaler.wait_for(r"consumers [2-9] -> 1$", timeout=30)  # after the cool-down
+        exits = s.stop_all()[:1]
+    sent = [m.group(1) for m in producer.matches(r"sent (task-\S+)$")]
+    done = [m.group(1) for m in scaler.matches(r"consumer\[\d+\] done (task-\S+)")]
+    most = max(int(m.group(1)) for m in scaler.matches(r"consumers (\d+)"))
+    pids = {m.group(1) for m in scaler.matches(r"started consumer pid (\d+)")}
+    stopped = {m.group(1) for m in scaler.matches(r"stopped consumer pid (\d+) \(exit 0\)")}
+    ok = (
+        producer_ok
+        and len(set(sent)) == count
+        and sorted(done) == sorted(sent)
+        and most > 1
+        and pids == stopped
+        and exits == [0]
+    )
+    detail = f"consumers 1 -> {most} -> 1, {len(stopped)} stopped cleanly"
+    return Row("load levelling", len(sent), len(done), seconds, ok, detail)
+
+
 # Later patterns add their scenario here, in the walkthrough's order.
 SCENARIOS: dict[str, Callable[[dict[str, str]], Row]] = {
     "competing-consumers": competing_consumers,
@@ -267,6 +307,7 @@ SCENARIOS: dict[str, Callable[[dict[str, str]], Row]] = {
     "priority": priority,
     "pipes-and-filters": pipes_and_filters,
     "request-reply": request_reply,
+    "load-leveling": load_leveling,
 }
 
 

@@ -41,7 +41,10 @@ class Proc:
         env: dict[str, str],
         label: str = "",
         echo: Callable[[str], None] | None = None,
+        own_group: bool = False,
     ) -> None:
+        """`own_group`: a process group of its own, so a Ctrl+C typed in the terminal reaches
+        only us, and we decide when (and whether) the child is asked to stop."""
         self.label = label or module.rsplit(".", 1)[-1]
         self.lines: list[str] = []
         self._changed = threading.Condition()
@@ -56,6 +59,7 @@ class Proc:
             text=True,
             encoding="utf-8",
             preexec_fn=die_with_parent if sys.platform == "linux" else None,
+            start_new_session=own_group,
         )
         self.pid = self.popen.pid
         self._asked = False  # has it been sent a stop signal?

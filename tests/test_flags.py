@@ -68,12 +68,13 @@ def consumer_flags(module: str, *before: str, work: bool = True) -> list[Case]:
     return [Case(module, flag, value, before) for flag, value in rows]
 
 
-CC, FO, PR, PF, RR, TOOLS = (
+CC, FO, PR, PF, RR, LL, TOOLS = (
     "patterns.competing_consumers",
     "patterns.fanout",
     "patterns.priority",
     "patterns.pipes_and_filters",
     "patterns.request_reply",
+    "patterns.load_leveling",
     "patterns.tools",
 )
 SUBSCRIBER = ("--subscriber", "a")
@@ -119,6 +120,20 @@ CASES: list[Case] = [
     Case(f"{RR}.requestor", "--concurrency", "0"),
     Case(f"{RR}.replier", "--queue", CONSUMED),
     *consumer_flags(f"{RR}.replier", work=False),
+    Case(f"{LL}.producer", "--queue", CONSUMED),
+    Case(f"{LL}.producer", "--bursts", "0"),
+    Case(f"{LL}.producer", "--burst-size", "0"),
+    Case(f"{LL}.producer", "--lull-seconds", "-1"),
+    Case(f"{LL}.producer", "--concurrency", "0"),
+    Case(f"{LL}.autoscaler", "--queue", CONSUMED),
+    Case(f"{LL}.autoscaler", "--min", "-1"),
+    Case(f"{LL}.autoscaler", "--min", "3", ("--max", "2")),
+    Case(f"{LL}.autoscaler", "--max", "0"),
+    Case(f"{LL}.autoscaler", "--target", "0"),
+    Case(f"{LL}.autoscaler", "--interval", "0"),
+    Case(f"{LL}.autoscaler", "--interval", "301"),
+    Case(f"{LL}.autoscaler", "--cooldown", "-1"),
+    Case(f"{LL}.autoscaler", "--work-seconds", "nan"),
     Case(f"{TOOLS}.peek", "queue", "Bad_Name"),
     Case(f"{TOOLS}.peek", "--count", "0", ("tasks-queue",)),
     Case(f"{TOOLS}.peek", "--count", "33", ("tasks-queue",)),

@@ -112,6 +112,8 @@ QUEUE_OPTION = {
     "pipes_and_filters/finalize.py": "--input",
     "request_reply/requestor.py": "--queue",
     "request_reply/replier.py": "--queue",
+    "load_leveling/producer.py": "--queue",
+    "load_leveling/autoscaler.py": "--queue",
 }
 
 
@@ -206,7 +208,14 @@ PARTS = {
     "README.md": ["**Terminal", "**What to notice**", "**Trade-offs", "**Try this**"],
     "README.ja.md": ["**ターミナル", "**注目ポイント**", "**トレードオフ", "**試してみよう**"],
 }
-PATTERNS = ["competing-consumers", "fanout", "priority", "pipes-and-filters", "request-reply"]
+PATTERNS = [
+    "competing-consumers",
+    "fanout",
+    "priority",
+    "pipes-and-filters",
+    "request-reply",
+    "load-leveling",
+]
 
 
 @pytest.mark.parametrize("readme", READMES, ids=lambda p: p.name)

@@ -36,6 +36,7 @@ PATTERNS: tuple[Pattern, ...] = (
         names=("queue-validate", "queue-enrich", "queue-finalize", "queue-rejected"),
     ),
     Pattern("request/reply", names=("request-queue",), prefixes=("reply-",)),
+    Pattern("load levelling", names=("tasks-leveling",)),
 )
 
 
