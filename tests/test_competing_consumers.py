@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import time
 from collections import Counter
+from datetime import datetime
 
+import pytest
 from azure.storage.queue import QueueClient
 from support import (
     assert_refused,
@@ -20,6 +23,8 @@ from support import (
     send,
     wait_until,
 )
+
+from patterns.helper import cli
 
 CONSUMER = "patterns.competing_consumers.consumer"
 PRODUCER = "patterns.competing_consumers.producer"
@@ -216,7 +221,7 @@ def test_log_lines_name_the_application_id_beside_the_message_id(start, service,
     send(service, qname, {"id": "fails-twice", "fail": True})
     consumer.wait_for(
         r"attempt 1 of 2 failed for message [0-9a-f-]+ \(id fails-twice\): "
-        r"RuntimeError: the task asked to fail; it will be retried"
+        r"RuntimeError: the task asked to fail; next attempt in 1 s"
     )
     consumer.wait_for(
         rf"moved message [0-9a-f-]+ \(id fails-twice\) to '{qname}-poison': failed 2 times"
@@ -315,3 +320,53 @@ def test_bare_consumer_ctrl_c_loses_nothing_and_an_idle_one_polls_once_a_second(
     consumer = start(CONSUMER, "--queue", qname, "--work-seconds", "0")
     consumer.wait_for("done long-task")  # it came back, and the helper's consumer did it
     assert consumer.stop() == 0
+
+
+def test_a_failing_task_is_retried_after_a_growing_backoff_then_poisoned(start, service, qname):
+    """Attempts 1-5 of an always-failing task come 1, 2, 4, 8 s apart (the default backoff),
+    not a 30 s visibility timeout apart: poisoned in about 15 s instead of 2 minutes."""
+    consumer = start(CONSUMER, "--queue", qname, "--work-seconds", "0", "--idle-max", "0.2")
+    consumer.wait_for("waiting for tasks")
+    send(service, qname, {"id": "always-fails", "fail": True})
+    for attempt, wait in enumerate([1, 2, 4, 8], start=1):
+        consumer.wait_for(
+            rf"attempt {attempt} of 5 failed for message \S+ \(id always-fails\): "
+            rf"RuntimeError: the task asked to fail; next attempt in {wait} s",
+            timeout=20,
+        )
+    consumer.wait_for(rf"moved message \S+ \(id always-fails\) to '{qname}-poison'", timeout=20)
+
+    taken = [
+        datetime.strptime(m.group(1), "%H:%M:%S.%f")
+        for m in consumer.matches(r"(\d\d:\d\d:\d\d\.\d{3}) consumer\[\d+\] took always-fails")
+    ]
+    assert len(taken) == 5
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(taken)]
+    print("gaps between attempts (s):", gaps)
+    for gap, wait in zip(gaps, [1, 2, 4, 8], strict=True):
+        assert wait - 0.5 <= gap <= wait + 5, gaps  # never early; late only by a busy machine
+    assert gaps[3] > gaps[1] > gaps[0] and gaps[3] > 2 * gaps[1], gaps  # growing
+    assert sum(gaps) < 4 * cli.VISIBILITY_TIMEOUT / 2, gaps  # well before 4 x the timeout
+    assert message_count(service, qname) == 0
+    assert consumer.stop() == 0
+
+
+def test_delayed_tasks_are_not_received_before_their_delay_and_are_after(start, env, qname):
+    consumer = start(CONSUMER, "--queue", qname, "--work-seconds", "0", "--idle-max", "0.2")
+    consumer.wait_for("waiting for tasks")
+    sent_at = time.monotonic()
+    producer = run_script(PRODUCER, "--queue", qname, "--count", "2", "--delay", "4", env=env)
+    assert producer.returncode == 0, producer.stderr
+    consumer.wait_for(r"done task-002", timeout=20)
+    waited = time.monotonic() - sent_at
+    assert waited >= 3.5, f"received after {waited:.1f} s, before the 4 s delay"
+    assert len(ids_logged(consumer, "done")) == 2
+    assert consumer.stop() == 0
+
+
+def test_a_delay_must_end_before_the_message_expires(service, qname):
+    from patterns.helper import Fatal, connect
+
+    queue = service.get_queue_client(qname)
+    with pytest.raises(Fatal, match=r"delay of 60 s must be shorter than .* time to live \(60 s\)"):
+        connect.send_json(queue, {"id": "late"}, time_to_live=60, delay=60)

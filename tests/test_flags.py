@@ -58,6 +58,10 @@ def consumer_flags(module: str, *before: str, work: bool = True) -> list[Case]:
         ("--max-attempts", "0"),
         ("--idle-max", "0"),  # was a hot loop
         ("--idle-max", "61"),
+        ("--retry-backoff", "-1"),
+        ("--retry-backoff", "3601"),
+        ("--retry-backoff", "0.5"),
+        ("--retry-backoff-max", "0"),
     ]
     if work:
         rows += [("--work-seconds", "-1"), ("--work-seconds", "nan"), ("--work-seconds", "3601")]
@@ -83,6 +87,8 @@ CASES: list[Case] = [
     Case(f"{CC}.producer", "--concurrency", "0"),  # was a traceback
     Case(f"{CC}.producer", "--concurrency", "65"),
     Case(f"{CC}.producer", "--failing", "-1"),
+    Case(f"{CC}.producer", "--delay", "-1"),
+    Case(f"{CC}.producer", "--delay", "604801"),  # more than the 7 days the service allows
     Case(f"{CC}.consumer", "--queue", CONSUMED),
     Case(f"{CC}.consumer", "--queue", "Bad_Name"),
     *consumer_flags(f"{CC}.consumer"),

@@ -561,3 +561,39 @@ def test_a_consumer_warns_when_the_service_hangs_and_carries_on_after(tmp_path, 
             if paused:
                 os.kill(emulator.process.pid, signal.SIGCONT)
             consumer.kill()
+
+
+def test_a_failed_attempt_survives_an_outage_while_its_backoff_is_set(monkeypatch, capsys):
+    """update_message fails (service away): the consumer goes on, the message comes back after
+    its visibility timeout as before; when it works, the wait doubles per attempt, capped."""
+    from types import SimpleNamespace
+
+    from azure.core.exceptions import ServiceRequestError
+
+    from patterns.helper import consume
+
+    class FakeQueue:
+        def __init__(self) -> None:
+            self.updates: list[int] = []
+            self.away = False
+
+        def update_message(self, id: str, receipt: str, visibility_timeout: int) -> None:
+            if self.away:
+                raise ServiceRequestError("connection refused")
+            self.updates.append(visibility_timeout)
+
+    queue = FakeQueue()
+    monkeypatch.setattr(connect, "open_queue", lambda name, log=None: queue)
+    inbox = consume.Inbox("backoff-q", logger("test"), retry_backoff=1, retry_backoff_max=5)
+    said = [
+        inbox.retry_later(SimpleNamespace(id="m", pop_receipt="r", dequeue_count=n, content=""))
+        for n in (1, 2, 3, 4)
+    ]
+    assert queue.updates == [1, 2, 4, 5]
+    assert said[0] == "next attempt in 1 s" and said[3] == "next attempt in 5 s"
+    queue.away = True
+    message = SimpleNamespace(id="m", pop_receipt="r", dequeue_count=1, content="")
+    assert inbox.retry_later(message) == (
+        "next attempt after its visibility timeout (service unreachable)"
+    )
+    connect.outage.over(logger("test"))  # the warning of the outage is not this test's concern

@@ -185,7 +185,7 @@ def test_a_reply_queue_left_by_an_outage_is_named_with_the_command_that_removes_
 
     emulator.start()  # same port, same data folder: the queue is still there
     status = run_script("patterns.tools.status", "--prefix", reply_queue, env=env)
-    assert re.search(rf"^request/reply\s+{reply_queue}\s+0\s+-$", status.stdout, re.M), status
+    assert re.search(rf"^request/reply\s+{reply_queue}\s+0\s+0\s+-$", status.stdout, re.M), status
     words = shlex.split(command)
     assert words[:2] == ["python", "patterns/tools/cleanup.py"]
     removed = subprocess.run(

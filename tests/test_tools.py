@@ -31,6 +31,7 @@ PEEK = "patterns.tools.peek"
 CLEANUP = "patterns.tools.cleanup"
 REDRIVE = "patterns.tools.redrive"
 CONSUMER = "patterns.competing_consumers.consumer"
+PRODUCER = "patterns.competing_consumers.producer"
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def test_status_groups_queues_by_pattern_with_counts_and_poison_beside(env, serv
     result = run_script(STATUS, "--prefix", ns, env=env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["pattern", "queue", "messages", "poison"]
+    assert lines[0].split() == ["pattern", "queue", "messages", "visible", "poison"]
     by_queue = {re.sub(r"^" + ns, "", m.group(1)): m for m in _rows(result.stdout, ns)}
     assert list(by_queue) == [  # the tutorial's order; poison queues have no row of their own
         "tasks-queue",
@@ -77,13 +78,13 @@ def test_status_groups_queues_by_pattern_with_counts_and_poison_beside(env, serv
         "queue-validate",
         "my-own-queue",
     ]
-    counts = {name: (m.group(2), m.group(3)) for name, m in by_queue.items()}
-    assert counts["tasks-queue"] == ("3", "1")
-    assert counts["fanout-queue-a"] == ("2", "-")
-    assert counts["fanout-queue-b"] == ("0", "-")
-    assert counts["tasks-high-priority"] == ("2", "-")
-    assert counts["queue-validate"] == ("-", "1")  # '-': no such queue, only its poison
-    assert counts["my-own-queue"] == ("1", "-")
+    counts = {name: (m.group(2), m.group(3), m.group(4)) for name, m in by_queue.items()}
+    assert counts["tasks-queue"] == ("3", "3", "1")
+    assert counts["fanout-queue-a"] == ("2", "2", "-")
+    assert counts["fanout-queue-b"] == ("0", "0", "-")
+    assert counts["tasks-high-priority"] == ("2", "2", "-")
+    assert counts["queue-validate"] == ("-", "-", "1")  # '-': no such queue, only its poison
+    assert counts["my-own-queue"] == ("1", "1", "-")
     groups = [line[:20].strip() for line in lines[1:-1]]
     assert groups == [
         "competing consumers",
@@ -98,8 +99,34 @@ def test_status_groups_queues_by_pattern_with_counts_and_poison_beside(env, serv
 
 
 def _rows(stdout: str, ns: str) -> list[re.Match[str]]:
-    regex = re.compile(rf"\s({re.escape(ns)}\S+)\s+(\S+)\s+(\S+)$")
+    regex = re.compile(rf"\s({re.escape(ns)}\S+)\s+(\S+)\s+(\S+)\s+(\S+)$")
     return [m for m in map(regex.search, stdout.splitlines()) if m]
+
+
+def test_status_counts_delayed_messages_that_a_peek_cannot_see(env, service, ns):
+    """--delay: the tasks are in the count (`messages`) but not `visible`, and peek shows none."""
+    queue = f"{ns}tasks-queue"
+    producer = run_script(PRODUCER, "--queue", queue, "--count", "3", "--delay", "600", env=env)
+    assert producer.returncode == 0, producer.stderr
+    assert "they stay invisible for 600 s, until " in producer.stdout
+    result = run_script(STATUS, "--prefix", ns, env=env)
+    assert result.returncode == 0, result.stderr
+    assert [m.groups()[1:] for m in _rows(result.stdout, ns)] == [("3", "0", "-")]
+    peeked = run_script(PEEK, queue, env=env)
+    assert peeked.returncode == 0, peeked.stderr
+    assert f"0 message(s) shown of about 3 in '{queue}'" in peeked.stdout
+
+
+def test_status_goes_on_when_a_peek_fails(env, service, ns):
+    """A message Azurite cannot hand out (a raw \\x00) makes every peek of its queue fail
+    (500): status still shows the count, with '?' for what is visible."""
+    queue = f"{ns}tasks-queue"
+    service.create_queue(queue)
+    service.get_queue_client(queue).send_message('{"id": "raw-\x00"}')
+    result = run_script(STATUS, "--prefix", ns, env=env)
+    assert result.returncode == 0, result.stderr
+    assert [m.groups()[1:] for m in _rows(result.stdout, ns)] == [("1", "?", "-")]
+    assert "Traceback" not in result.stderr, result.stderr
 
 
 def test_status_with_nothing_there_says_so(env, ns):
@@ -112,10 +139,10 @@ def test_status_watch_redraws_until_ctrl_c_and_exits_0(start, service, ns):
     name = f"{ns}tasks-queue"
     make(service, name)
     watch = start(STATUS, "--watch", "--prefix", ns)
-    watch.wait_for(rf"{name}\s+0\s+-$")
+    watch.wait_for(rf"{name}\s+0\s+0\s+-$")
     make(service, f"{name}-poison", "p")
     service.get_queue_client(name).send_message("one")
-    watch.wait_for(rf"{name}\s+1\s+1$", timeout=10)
+    watch.wait_for(rf"{name}\s+1\s+1\s+1$", timeout=10)
     watch.send_signal(signal.SIGINT)
     assert watch.wait(10) == 0
     assert "Traceback" not in watch.text

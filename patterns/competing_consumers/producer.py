@@ -6,6 +6,7 @@ Run it after (or before) starting one or more consumers:
     python -m patterns.competing_consumers.producer --count 100
 
 Queue Storage has no batch send, so the tasks are sent concurrently (--concurrency).
+--delay SECONDS schedules them: each stays invisible until then (up to 7 days).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 from patterns.helper import cli, connect
 
@@ -28,6 +30,10 @@ def main() -> int:
     parser.add_argument(
         "--failing", type=cli.whole_number(least=0), default=0, metavar="N",
         help="make the first N tasks fail, to watch retries and the poison queue",
+    )  # fmt: skip
+    parser.add_argument(
+        "--delay", type=cli.delay, default=0, metavar="SECONDS",
+        help="deliver the tasks only after SECONDS (scheduled work)",
     )  # fmt: skip
     args = parser.parse_args()
     log = cli.logger("producer")
@@ -45,7 +51,7 @@ def main() -> int:
             yield task
 
     def send(task: dict[str, object]) -> dict[str, object]:
-        connect.send_json(queue, task)
+        connect.send_json(queue, task, delay=args.delay)  # hidden from everyone until then
         return task
 
     started = time.perf_counter()
@@ -54,6 +60,9 @@ def main() -> int:
     seconds = time.perf_counter() - started
     rate = args.count / seconds if seconds else 0.0
     log.info(f"sent {args.count} tasks to '{args.queue}' in {seconds:.2f} s ({rate:.0f}/s)")
+    if args.delay:
+        due = datetime.now() + timedelta(seconds=args.delay)
+        log.info(f"they stay invisible for {args.delay} s, until {due:%Y-%m-%d %H:%M:%S}")
     return 0
 
 

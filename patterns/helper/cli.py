@@ -21,6 +21,8 @@ VISIBILITY_TIMEOUT = 30  # seconds
 MAX_ATTEMPTS = 5
 BATCH_SIZE = 1
 IDLE_MAX = 1.0  # seconds
+RETRY_BACKOFF = 1  # seconds before the 2nd attempt; doubling per failure (2, 4, 8...)
+RETRY_BACKOFF_MAX = 60  # seconds: the longest wait between two attempts
 
 
 # --- output and Ctrl+C ----------------------------------------------------------------------
@@ -170,6 +172,8 @@ any_queue = _queue_type(consumed=False)  # `type=` for a queue name
 consumed_queue = _queue_type(consumed=True)  # a queue someone consumes: room for -poison
 # --idle-max: the backoff starts at 0.1 s, so a lower ceiling would only poll faster.
 idle_max = seconds(least=0.1, most=60)
+# --delay: a message's initial visibility timeout; the service allows up to 7 days.
+delay = whole_number(least=0, most=7 * 24 * 3600)
 
 
 def add_queue_argument(
@@ -202,6 +206,16 @@ def add_consumer_arguments(
     parser.add_argument(
         "--max-attempts", type=whole_number(least=1), default=MAX_ATTEMPTS, metavar="N",
         help="deliveries before a failing message moves to the poison queue",
+    )  # fmt: skip
+    parser.add_argument(
+        "--retry-backoff", type=whole_number(least=0, most=3600), default=RETRY_BACKOFF,
+        metavar="SECONDS",
+        help="wait before retrying a failed task, doubled per failure (0: wait out the "
+        "visibility timeout)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--retry-backoff-max", type=whole_number(least=1, most=7 * 24 * 3600),
+        default=RETRY_BACKOFF_MAX, metavar="SECONDS", help="longest wait between two attempts",
     )  # fmt: skip
     parser.add_argument(
         "--idle-max", type=idle_max, default=IDLE_MAX, metavar="SECONDS",

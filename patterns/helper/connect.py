@@ -321,11 +321,23 @@ R = TypeVar("R")
 
 
 def send_json(
-    queue: QueueClient, body: Mapping[str, Any], time_to_live: int | None = None
+    queue: QueueClient,
+    body: Mapping[str, Any],
+    time_to_live: int | None = None,
+    delay: int = 0,
 ) -> QueueMessage:
-    """Send one JSON message. `time_to_live` (seconds) makes it expire if nobody takes it."""
+    """Send one JSON message. `time_to_live` (seconds) makes it expire if nobody takes it;
+    `delay` (seconds, up to 7 days) keeps it invisible until then: its initial visibility
+    timeout, which must end before the message expires."""
+    if delay and time_to_live not in (None, NEVER_EXPIRE) and delay >= time_to_live:
+        raise Fatal(
+            f"a delay of {delay} s must be shorter than the message's time to live "
+            f"({time_to_live} s): it would expire before anyone could see it"
+        )
     with tracing.sending(queue.queue_name, body) as body:  # tracing: the journey goes on
-        return queue.send_message(codec.encode(body), time_to_live=time_to_live)
+        return queue.send_message(
+            codec.encode(body), time_to_live=time_to_live, visibility_timeout=delay or None
+        )
 
 
 def concurrently(work: Callable[[T], R], items: Iterable[T], concurrency: int) -> Iterator[R]:

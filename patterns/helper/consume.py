@@ -23,7 +23,9 @@ class Inbox:
     """A queue this script consumes. `visibility_timeout`: seconds a received message stays
     hidden from other consumers (renewed while its work goes on); `max_attempts`: deliveries
     before a failing message goes to `<name>-poison`; `batch_size`: messages per receive call;
-    `idle_max`: the longest wait between two polls of an empty queue. Defaults: cli.py.
+    `idle_max`: the longest wait between two polls of an empty queue; `retry_backoff`: seconds
+    before a failed task comes back, doubled per failure up to `retry_backoff_max` (0: it
+    comes back after its visibility timeout). Defaults: cli.py.
 
     A context manager: messages received but not settled when the script stops (Ctrl+C, an
     error) are released at once instead of waiting out their visibility timeout.
@@ -38,11 +40,14 @@ class Inbox:
         max_attempts: int = cli.MAX_ATTEMPTS,
         batch_size: int = cli.BATCH_SIZE,
         idle_max: float = cli.IDLE_MAX,
+        retry_backoff: int = cli.RETRY_BACKOFF,
+        retry_backoff_max: int = cli.RETRY_BACKOFF_MAX,
     ) -> None:
         connect.queue_name(name, consumed=True)  # its poison queue's name must be valid too
         self.name, self.log = name, log
         self.visibility_timeout, self.max_attempts = visibility_timeout, max_attempts
         self.batch_size, self.idle = batch_size, Backoff(maximum=idle_max)
+        self.retry_backoff, self.retry_backoff_max = retry_backoff, retry_backoff_max
         self.queue = connect.open_queue(name, log)
         self._keeper = _VisibilityKeeper(self.queue, visibility_timeout, log)
         self._poison: QueueClient | None = None
@@ -133,8 +138,9 @@ class Inbox:
         - BadMessage: move it to the poison queue at once (retrying cannot help);
         - the service away or failing (e.g. during a forward): leave it to come back after its
           visibility timeout; this does not count as a failed attempt;
-        - any other error: leave it to come back after its visibility timeout, or move it to
-          the poison queue once it has been delivered `max_attempts` times;
+        - any other error: make it come back after a backoff (retry_backoff s, doubled per
+          failure), or move it to the poison queue once it has been delivered `max_attempts`
+          times;
         - Ctrl+C (cli.Interrupted): release it so another consumer can take it at once.
 
         While the block runs, the message's visibility timeout is extended again and again,
@@ -167,8 +173,7 @@ class Inbox:
             else:
                 self.log.warning(
                     f"attempt {message.dequeue_count} of {self.max_attempts} failed for "
-                    f"{codec.describe(message)}: {reason}; it will be retried after its "
-                    "visibility timeout"
+                    f"{codec.describe(message)}: {reason}; {self.retry_later(message)}"
                 )
                 tracing.end(span, "retry", reason)
         except BaseException:  # a second Ctrl+C: give the message back, then stop
@@ -197,6 +202,21 @@ class Inbox:
                 f"could not delete {codec.describe(message)}: {connect.in_short(error)}; "
                 "it will be delivered again"
             )
+
+    def retry_later(self, message: QueueMessage) -> str:
+        """Make a failed message visible again after an exponential backoff (1, 2, 4, 8 s...
+        up to retry_backoff_max) rather than its whole visibility timeout; says when."""
+        if not self.retry_backoff:
+            return f"next attempt in {self.visibility_timeout} s (its visibility timeout)"
+        wait = min(self.retry_backoff * 2 ** (message.dequeue_count - 1), self.retry_backoff_max)
+        try:
+            self.queue.update_message(message.id, message.pop_receipt, visibility_timeout=wait)
+        except (HttpResponseError, *connect.UNREACHABLE) as error:
+            if _not_ours(error):
+                return "it was no longer ours; it comes back on its own"
+            connect.outage.noticed(self.log, error)
+            return f"next attempt after its visibility timeout ({connect.in_short(error)})"
+        return f"next attempt in {wait} s"
 
     def release(self, message: QueueMessage) -> None:
         """Make a message visible again at once (instead of after its visibility timeout)."""

@@ -52,7 +52,8 @@ def main() -> int:
 
     with consume.Inbox(args.input, log, visibility_timeout=args.visibility_timeout,
                        max_attempts=args.max_attempts, batch_size=args.batch_size,
-                       idle_max=args.idle_max) as inbox:  # fmt: skip
+                       idle_max=args.idle_max, retry_backoff=args.retry_backoff,
+                       retry_backoff_max=args.retry_backoff_max) as inbox:  # fmt: skip
         log.info(f"validating orders from '{args.input}'")
         while not stop.requested:
             for message in inbox.batch(stop):  # one receive call; backs off when empty

@@ -55,6 +55,7 @@ def main() -> int:
             inbox[level] = inboxes.enter_context(consume.Inbox(
                 f"{args.prefix}-{level}-priority", log,
                 visibility_timeout=args.visibility_timeout, max_attempts=args.max_attempts,
+                retry_backoff=args.retry_backoff, retry_backoff_max=args.retry_backoff_max,
             ))  # fmt: skip
         log.info(f"waiting for tasks; levels in order: {', '.join(args.levels)}")
         while not stop.requested:

@@ -6,13 +6,15 @@ consumers run (Ctrl+C stops it):
     python patterns/tools/status.py --watch          # or: make status ARGS=--watch
     python -m patterns.tools.status --prefix fanout  # only queues whose names start so
 
-Counts are the service's approximate message count: messages a consumer holds (invisible)
-are included. Works against Azurite and a real account alike.
+`messages` is the service's approximate message count: it includes the invisible ones, held
+by a consumer or delayed (--delay). `visible` is what a peek sees now (up to 32): the ones a
+consumer could take at once. Works against Azurite and a real account alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -33,26 +35,33 @@ class Row:
     group: str  # the pattern's title, or "other"
     queue: str
     messages: int | None  # None: the queue does not exist (only its poison queue does)
+    visible: int | None  # peeked now, up to 32 (None: no queue, or the peek failed)
     poison: int | None  # None: no poison queue
 
 
-def counts(svc: QueueServiceClient, prefix: str) -> dict[str, int]:
-    """Approximate message count of every queue whose name starts with `prefix`."""
+def counts(svc: QueueServiceClient, prefix: str) -> dict[str, tuple[int, int | None]]:
+    """(approximate message count, visible now) of every queue whose name starts with
+    `prefix`. A peek cannot see invisible messages (held, or delayed): the difference."""
     names = [q.name for q in svc.list_queues(name_starts_with=prefix or None)]
 
-    def count(name: str) -> int | None:
+    def count(name: str) -> tuple[int, int | None] | None:
+        queue = svc.get_queue_client(name)
         try:
-            props = svc.get_queue_client(name).get_queue_properties()
+            total = queue.get_queue_properties().approximate_message_count
         except ResourceNotFoundError:
             return None  # deleted since it was listed
-        return props.approximate_message_count
+        try:
+            visible: int | None = len(queue.peek_messages(max_messages=connect.MAX_BATCH))
+        except HttpResponseError:  # e.g. a message the service cannot hand out (Azurite, \x00)
+            visible = None  # shown as '?': the count still stands
+        return total, visible
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         found = dict(zip(names, pool.map(count, names), strict=True))
     return {name: n for name, n in found.items() if n is not None}
 
 
-def rows(found: dict[str, int], prefix: str = "") -> list[Row]:
+def rows(found: dict[str, tuple[int, int | None]], prefix: str = "") -> list[Row]:
     """One row per queue, its poison queue's count beside it, in the tutorial's order."""
     table: dict[str, Row] = {}
     for name in sorted(found, key=lambda n: sort_key(n, prefix)):
@@ -60,11 +69,12 @@ def rows(found: dict[str, int], prefix: str = "") -> list[Row]:
         queue = source_queue(name) if poison else name
         if queue not in table:
             pattern = classify(queue, prefix)
-            table[queue] = Row(pattern[0].title if pattern else "other", queue, None, None)
+            group = pattern[0].title if pattern else "other"
+            table[queue] = Row(group, queue, None, None, None)
         if poison:
-            table[queue].poison = found[name]
+            table[queue].poison = found[name][0]
         else:
-            table[queue].messages = found[name]
+            table[queue].messages, table[queue].visible = found[name]
     return sorted(table.values(), key=lambda r: sort_key(r.queue, prefix))
 
 
@@ -73,8 +83,8 @@ def render(table: list[Row], endpoint: str, prefix: str) -> str:
     stamp = datetime.now().strftime("%H:%M:%S")
     if not table:
         return f"{stamp}  no queues{scope} at {endpoint} yet\n"
-    head = ("pattern", "queue", "messages", "poison")
-    lines: list[tuple[str, str, str, str]] = []
+    head = ("pattern", "queue", "messages", "visible", "poison")
+    lines: list[tuple[str, ...]] = []
     previous = ""
     for row in table:
         lines.append(
@@ -82,18 +92,29 @@ def render(table: list[Row], endpoint: str, prefix: str) -> str:
                 row.group if row.group != previous else "",
                 row.queue,
                 "-" if row.messages is None else str(row.messages),
+                _visible(row),
                 "-" if row.poison is None else str(row.poison),
             )
         )
         previous = row.group
-    w = [max(len(line[i]) for line in [head, *lines]) for i in range(4)]
-    out = [f"{head[0]:<{w[0]}}  {head[1]:<{w[1]}}  {head[2]:>{w[2]}}  {head[3]:>{w[3]}}"]
-    out += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}  {d:>{w[3]}}" for a, b, c, d in lines]
+    w = [max(len(line[i]) for line in [head, *lines]) for i in range(5)]
+    out = [
+        f"{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}  {d:>{w[3]}}  {e:>{w[4]}}"
+        for a, b, c, d, e in [head, *lines]
+    ]
     out.append(
-        f"{stamp}  {len(table)} queue(s){scope} at {endpoint}  "
-        f"(poison: in <queue>{connect.POISON_SUFFIX}; -: no queue)"
+        f"{stamp}  {len(table)} queue(s){scope} at {endpoint}  (visible: a peek sees them now; "
+        f"poison: in <queue>{connect.POISON_SUFFIX}; -: no queue)"
     )
     return "\n".join(out) + "\n"
+
+
+def _visible(row: Row) -> str:
+    if row.messages is None:
+        return "-"  # no such queue
+    if row.visible is None:
+        return "?"  # the peek failed
+    return f"{row.visible}+" if row.visible == connect.MAX_BATCH else str(row.visible)
 
 
 def main() -> int:
@@ -114,6 +135,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     log = cli.logger("status")
+    # A failing peek is shown as '?'; the SDK would also print its multi-line traceback.
+    logging.getLogger("azure.storage.queue").setLevel(logging.ERROR)
     svc = connect.service(log)
     endpoint = connect.endpoint()  # without a SAS token
     print(render(rows(counts(svc, args.prefix), args.prefix), endpoint, args.prefix), end="")
