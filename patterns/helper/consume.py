@@ -208,7 +208,8 @@ class Inbox:
         up to retry_backoff_max) rather than its whole visibility timeout; says when."""
         if not self.retry_backoff:
             return f"next attempt in {self.visibility_timeout} s (its visibility timeout)"
-        wait = min(self.retry_backoff * 2 ** (message.dequeue_count - 1), self.retry_backoff_max)
+        doublings = min(message.dequeue_count - 1, 32)  # a huge count must not overflow
+        wait = min(self.retry_backoff * 2**doublings, self.retry_backoff_max)
         try:
             self.queue.update_message(message.id, message.pop_receipt, visibility_timeout=wait)
         except (HttpResponseError, *connect.UNREACHABLE) as error:
