@@ -23,10 +23,7 @@ def main() -> int:
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     cli.add_queue_argument(parser, "--queue", "tasks-queue", "queue to send to")
     parser.add_argument("--count", type=cli.whole_number(least=1), default=20, help="tasks to send")
-    parser.add_argument(
-        "--concurrency", type=cli.whole_number(least=1, most=64), default=8, metavar="N",
-        help="sends in flight at once",
-    )  # fmt: skip
+    cli.add_concurrency_argument(parser)
     parser.add_argument(
         "--failing", type=cli.whole_number(least=0), default=0, metavar="N",
         help="make the first N tasks fail, to watch retries and the poison queue",

@@ -185,6 +185,14 @@ def add_queue_argument(
     parser.add_argument(flag, type=kind, default=default, help=help)
 
 
+def add_concurrency_argument(parser: argparse.ArgumentParser) -> None:
+    """--concurrency for producers: Queue Storage has no batch send, so sends overlap."""
+    parser.add_argument(
+        "--concurrency", type=whole_number(least=1, most=64), default=8, metavar="N",
+        help="sends in flight at once",
+    )  # fmt: skip
+
+
 def add_consumer_arguments(
     parser: argparse.ArgumentParser, *, work_seconds: float | None = None
 ) -> None:

@@ -28,10 +28,7 @@ def main() -> int:
         "--lull-seconds", type=cli.seconds(most=3600), default=10, metavar="SECONDS",
         help="quiet time between bursts",
     )  # fmt: skip
-    parser.add_argument(
-        "--concurrency", type=cli.whole_number(least=1, most=64), default=8, metavar="N",
-        help="sends in flight at once",
-    )  # fmt: skip
+    cli.add_concurrency_argument(parser)
     args = parser.parse_args()
     log = cli.logger("producer")
     stop = cli.Shutdown()

@@ -25,10 +25,7 @@ def main() -> int:
     parser.add_argument(
         "--invalid", action="store_true", help="also send one order that fails validation"
     )
-    parser.add_argument(
-        "--concurrency", type=cli.whole_number(least=1, most=64), default=8, metavar="N",
-        help="sends in flight at once",
-    )  # fmt: skip
+    cli.add_concurrency_argument(parser)
     args = parser.parse_args()
     log = cli.logger("producer")
     pipe = connect.open_queue(args.output, log)

@@ -32,10 +32,7 @@ def main() -> int:
         "--timeout", type=cli.seconds(above=0, most=7 * 24 * 3600), default=30.0,
         metavar="SECONDS", help="how long to wait for the replies; also the requests' time-to-live",
     )  # fmt: skip
-    parser.add_argument(
-        "--concurrency", type=cli.whole_number(least=1, most=64), default=8, metavar="N",
-        help="sends in flight at once",
-    )  # fmt: skip
+    cli.add_concurrency_argument(parser)
     args = parser.parse_args()
     log = cli.logger("requestor")
     stop = cli.Shutdown()
