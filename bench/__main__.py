@@ -16,17 +16,16 @@ import shlex
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import idle, latency, report, throughput
-from bench.setup import Setup
-from patterns.emulator import ROOT, Azurite
-from patterns.helper import Fatal, cli, settings
+from bench.setup import Endpoints
+from patterns.emulator import ROOT
+from patterns.helper import cli, settings
 from patterns.runner import echo
 
-SECTIONS: dict[str, Callable[[Setup], tuple[list[report.Row], list[str]]]] = {
+SECTIONS: dict[str, Callable[[Endpoints], tuple[list[report.Row], list[str]]]] = {
     "throughput": throughput.rows,
     "concurrency": throughput.concurrency_rows,
     "idle": idle.rows,
@@ -40,24 +39,6 @@ def sections(text: str) -> list[str]:
     if not chosen or any(name not in SECTIONS for name in chosen):
         raise argparse.ArgumentTypeError(f"list some of {', '.join(SECTIONS)}, got {text!r}")
     return chosen
-
-
-@contextmanager
-def endpoint(account: bool, run: str, tmp: Path, section: str) -> Iterator[Setup]:
-    """A fresh in-memory Azurite for one section (its access log counts the requests), or the
-    configured account."""
-    if account:
-        config = settings.load_settings()
-        if config.source == "default":
-            raise Fatal(f"--account needs {settings.CONNECTION_STRING_VAR} (environment or .env)")
-        with Setup.open(config.connection_string, f"bench-{run}", None) as setup:
-            yield setup
-        return
-    with (
-        Azurite(log_path=tmp / f"{section}.log") as azurite,
-        Setup.open(azurite.connection_string, f"bench-{run}", azurite) as setup,
-    ):
-        yield setup
 
 
 def main() -> int:
@@ -80,17 +61,20 @@ def main() -> int:
     )  # fmt: skip
     args = parser.parse_args()
     run = uuid.uuid4().hex[:6]
-    kind = "the configured account" if args.account else "in-memory Azurite (one per section)"
+    kind = (
+        "the configured account"
+        if args.account
+        else "in-memory Azurite, a fresh one per measurement"
+    )
     command = "make bench" if sys.argv[1:] == [] else "python -m bench " + shlex.join(sys.argv[1:])
     header = report.machine(kind, command, azurite=not args.account)
     echo(f"bench: against {kind}; sections {', '.join(args.only)}")
     rows: list[report.Row] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
+        endpoints = Endpoints(args.account, run, Path(tmp), args.count, args.samples)
         for name in args.only:
-            with endpoint(args.account, run, Path(tmp), name) as setup:
-                setup.count, setup.samples = args.count, args.samples
-                found, said = SECTIONS[name](setup)
+            found, said = SECTIONS[name](endpoints)
             rows += found
             notes += said
     text = report.document(header, rows, notes)

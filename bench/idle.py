@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from bench import report
-from bench.setup import Setup
+from bench.setup import Endpoints, Setup
 from patterns.runner import Proc, echo
 
 WARM_UP = 3.0  # s: every backoff has reached its ceiling (0.1 + 0.2 + 0.4 + 0.8 s at default)
@@ -51,7 +51,12 @@ def scripts(setup: Setup) -> list[tuple[str, str, list[str], list[str]]]:
     return found
 
 
-def rows(setup: Setup) -> tuple[list[report.Row], list[str]]:
+def rows(endpoints: Endpoints) -> tuple[list[report.Row], list[str]]:
+    with endpoints.open() as setup:
+        return measure(setup)
+
+
+def measure(setup: Setup) -> tuple[list[report.Row], list[str]]:
     listed = scripts(setup)
     if setup.azurite is None:
         return [

@@ -21,7 +21,7 @@ from azure.storage.queue import QueueClient
 
 from bench import report
 from bench.idle import LOWER_IDLE_MAX
-from bench.setup import Setup
+from bench.setup import Endpoints, Setup
 from patterns.helper import cli, consume
 from patterns.runner import Proc, echo
 
@@ -145,15 +145,17 @@ def round_trips(
             queue.delete_queue()
 
 
-def rows(setup: Setup) -> tuple[list[report.Row], list[str]]:
+def rows(endpoints: Endpoints) -> tuple[list[report.Row], list[str]]:
     found = []
+    samples = endpoints.samples
     for idle_max in IDLE_MAXES:
         # After idle: long enough for the backoff (0.1 s, doubling) to reach --idle-max.
         pause = max(2.0, 3 * float(idle_max)) if idle_max == IDLE_MAXES[0] else 1.0
         setting = f"--idle-max {idle_max}" + (" (default)" if idle_max == IDLE_MAXES[0] else "")
         for what, measure_one in (("pipeline end to end", pipeline),
                                   ("request/reply round trip", round_trips)):  # fmt: skip
-            idle, busy = measure_one(setup, idle_max, setup.samples, pause)
+            with endpoints.open() as setup:
+                idle, busy = measure_one(setup, idle_max, samples, pause)
             for when, values in (("after idle", idle), ("while busy", busy)):
                 p50, p95 = percentiles(values)
                 row = report.Row(f"{what}, {when}, {setting}", p50, "ms p50",
@@ -161,7 +163,7 @@ def rows(setup: Setup) -> tuple[list[report.Row], list[str]]:
                 found.append(row)
                 echo(f"bench: {row.what}: {row.cells()[1]}")
     return found, [
-        f"Latency: after idle = a single message sent after {setup.samples} random pauses of "
+        f"Latency: after idle = a single message sent after {samples} random pauses of "
         "2-3 s (default --idle-max) or 1-1.5 s (the lower one), when every script polls at its "
         "slowest; while busy = 3x as many samples with about 10 other messages a second "
         "flowing through the same queues. The pipeline's figure is finalize.py's own "

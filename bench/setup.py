@@ -3,18 +3,19 @@ the requests the server logged per queue."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from patterns.emulator import Azurite
-from patterns.helper import settings
+from patterns.helper import Fatal, settings
 from patterns.runner import Proc
 
 # `"GET /devstoreaccount1/<queue>/messages?numofmessages=32 HTTP/1.1"` in Azurite's access log
@@ -23,13 +24,12 @@ REQUEST = re.compile(r'"[A-Z]+ /[^/\s]+/([a-z0-9-]+)(/messages)?[?/\s]')
 
 @dataclass
 class Setup:
+    """One endpoint: an in-memory Azurite of its own, or the configured account."""
+
     service: QueueServiceClient
     env: dict[str, str]
     prefix: str  # every queue of this run starts with it: unique, and deleted at the end
     azurite: Azurite | None  # None: a real account, whose requests nobody here can count
-    count: int = 2000  # messages per throughput run
-    samples: int = 8  # latency samples after idle
-    made: list[str] = field(default_factory=list)
 
     @classmethod
     @contextmanager
@@ -61,3 +61,39 @@ class Setup:
         assert self.azurite is not None and self.azurite.log_path is not None
         text = Path(self.azurite.log_path).read_text(errors="replace")
         return Counter((m[1], bool(m[2])) for m in REQUEST.finditer(text))
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Opens a new endpoint for each measurement that needs a clean server: Azurite's
+    in-memory store sweeps deleted messages every 60 s, and after some ten thousand messages
+    that sweep has stalled every request for over a minute on this machine. With `account`,
+    the configured account every time (its queues are this run's, deleted after each use)."""
+
+    account: bool
+    run: str  # this run's id: queues are named bench-<run>-...
+    folder: Path  # for the emulators' access logs
+    count: int  # messages per throughput run
+    samples: int  # latency samples after idle, per setting
+
+    @contextmanager
+    def open(self) -> Iterator[Setup]:
+        prefix = f"bench-{self.run}"
+        if self.account:
+            config = settings.load_settings()
+            if config.source == "default":
+                raise Fatal(
+                    f"--account needs {settings.CONNECTION_STRING_VAR} (environment or .env)"
+                )
+            with Setup.open(config.connection_string, prefix, None) as setup:
+                yield setup
+            return
+        log = self.folder / f"azurite-{next(_opened)}.log"
+        with (
+            Azurite(log_path=log) as azurite,
+            Setup.open(azurite.connection_string, prefix, azurite) as setup,
+        ):
+            yield setup
+
+
+_opened = itertools.count(1)

@@ -14,13 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from azure.storage.queue import QueueClient
 
 from bench import report
-from bench.setup import Setup
+from bench.setup import Endpoints, Setup
 from patterns.helper import cli
 from patterns.runner import Proc, echo, log_seconds
 
 PRODUCER = "patterns.competing_consumers.producer"
 CONSUMER = "patterns.competing_consumers.consumer"
-COUNT = 2000  # messages per throughput run
+COUNT = 1000  # messages per throughput run
 SEND_THREADS = 8  # the producer's default --concurrency: the raw sends use as many threads
 DONE = r"\] done "
 
@@ -120,30 +120,29 @@ def hands_on_scenario(setup: Setup) -> float:
     return max(log_seconds(m.string) for p in procs for m in p.matches(DONE)) - first_sent
 
 
-def rows(setup: Setup) -> tuple[list[report.Row], list[str]]:
-    n = setup.count
-    queue = setup.queue("drain")
+def rows(endpoints: Endpoints) -> tuple[list[report.Row], list[str]]:
+    n = endpoints.count
     sends: dict[str, list[float]] = {"raw": [], "ours": []}
     ceilings: dict[int, list[float]] = {1: [], 4: []}
     drains: dict[tuple[int, int], float] = {}
-
-    def fill(by: str) -> None:
-        rate = raw_send(queue, n) if by == "raw" else producer_send(setup, queue, n)
-        sends[by].append(rate)
-
-    # Raw and ours take turns, so that a slow spell of the shared machine hits both; every
-    # run starts from the same state (n messages, then empty again).
-    plan = [("raw", 1), ((1, 32)), ("raw", 4), (4, 32), (1, 1), (4, 1), ("raw", 1), ("raw", 4)]
-    for step in plan:
-        if step[0] == "raw":
-            fill("raw")
-            ceilings[step[1]].append(raw_drain(queue, step[1]))
-            echo(f"bench: raw drain, {step[1]} thread(s): {ceilings[step[1]][-1]:.0f}/s")
-        else:
-            fill("ours")
-            how_many, batch = step
-            drains[step] = script_drain(setup, queue, how_many, batch)
-            echo(f"bench: {how_many} consumer(s), batch {batch}: {drains[step]:.0f}/s")
+    # Raw and ours take turns, so that a slow spell of the shared machine hits both; each run
+    # fills a queue (raw sends or producer.py: the send figures) and drains it (raw threads or
+    # consumers), on a fresh emulator (see Endpoints).
+    plan: list[tuple[str, int, int]] = [
+        ("raw", 1, 32), ("ours", 1, 32), ("raw", 4, 32), ("ours", 4, 32),
+        ("ours", 1, 1), ("ours", 4, 1), ("raw", 1, 32), ("raw", 4, 32),
+    ]  # fmt: skip
+    for by, how_many, batch in plan:
+        with endpoints.open() as setup:
+            queue = setup.queue("drain")
+            if by == "raw":
+                sends[by].append(raw_send(queue, n))
+                ceilings[how_many].append(raw_drain(queue, how_many))
+                rate = ceilings[how_many][-1]
+            else:
+                sends[by].append(producer_send(setup, queue, n))
+                rate = drains[how_many, batch] = script_drain(setup, queue, how_many, batch)
+        echo(f"bench: {by} drain, {how_many} thread(s)/consumer(s), batch {batch}: {rate:.0f}/s")
     what = f"producer.py send rate (--concurrency {SEND_THREADS}, default)"
     found = [report.Row(what, max(sends["ours"]), "msg/s", max(sends["raw"]), report.PRODUCER)]
     drain_rows = [
@@ -161,7 +160,8 @@ def rows(setup: Setup) -> tuple[list[report.Row], list[str]]:
         best.what + " — the best drain", best.value, best.unit, best.ceiling, report.DRAIN
     )
     found += drain_rows
-    seconds = hands_on_scenario(setup)
+    with endpoints.open() as setup:
+        seconds = hands_on_scenario(setup)
     what = "hands-on scenario: 20 tasks × 2 s, 3 consumers (first send to last done)"
     found.append(report.Row(what, seconds, "s", 14.0, report.SCENARIO))
     notes = [
@@ -194,29 +194,36 @@ def has_concurrency() -> bool:
     return bool(re.search(r"--concurrency\b", result.stdout))
 
 
-def concurrency_rows(setup: Setup) -> tuple[list[report.Row], list[str]]:
-    what = f"{IO_TASKS} I/O-bound tasks × {IO_SECONDS:g} s, 1 consumer, --concurrency"
+IO_BOUND = f"{IO_TASKS} I/O-bound tasks × {IO_SECONDS:g} s, 1 consumer, --concurrency"
+
+
+def concurrency_rows(endpoints: Endpoints) -> tuple[list[report.Row], list[str]]:
     if not has_concurrency():
         return [
-            report.Row(f"{what} {n}", None, "s", note="not available (no --concurrency)")
+            report.Row(f"{IO_BOUND} {n}", None, "s", note="not available (no --concurrency)")
             for n in CONCURRENCY
         ], ["--concurrency: this checkout's consumer.py has no such flag, so not measured."]
     found = []
     for n in CONCURRENCY:
-        queue = setup.queue(f"concurrency-{n}")
-        raw_send(queue, IO_TASKS)
-        options = ("--work-seconds", f"{IO_SECONDS:g}", "--concurrency", str(n))
-        procs = consumers(setup, queue, 1, *options)
-        try:
-            procs[0].wait_for(DONE, timeout=60, count=IO_TASKS)
-        finally:
-            procs[0].stop()
-        start = log_seconds(procs[0].wait_for("waiting for tasks")[0].string)
-        seconds = max(log_seconds(m.string) for m in procs[0].matches(DONE)) - start
-        found.append(report.Row(f"{what} {n}", seconds, "s", IO_TASKS * IO_SECONDS / n))
-        echo(f"bench: --concurrency {n}: {seconds:.2f} s")
+        with endpoints.open() as setup:
+            found.append(io_bound_drain(setup, n))
     return found, [
         f"--concurrency: {IO_TASKS} tasks of {IO_SECONDS:g} s simulated (sleeping) work "
         "already queued; seconds from the consumer's `waiting for tasks` to its last `done`; "
         "ideal = tasks × work / N. No target: it shows how I/O-bound work scales with N."
     ]
+
+
+def io_bound_drain(setup: Setup, n: int) -> report.Row:
+    queue = setup.queue(f"concurrency-{n}")
+    raw_send(queue, IO_TASKS)
+    options = ("--work-seconds", f"{IO_SECONDS:g}", "--concurrency", str(n))
+    (consumer,) = consumers(setup, queue, 1, *options)
+    try:
+        consumer.wait_for(DONE, timeout=60, count=IO_TASKS)
+    finally:
+        consumer.stop()
+    start = log_seconds(consumer.wait_for("waiting for tasks")[0].string)
+    seconds = max(log_seconds(m.string) for m in consumer.matches(DONE)) - start
+    echo(f"bench: --concurrency {n}: {seconds:.2f} s")
+    return report.Row(f"{IO_BOUND} {n}", seconds, "s", IO_TASKS * IO_SECONDS / n)
