@@ -471,3 +471,26 @@ def test_concurrency_failing_tasks_still_retry_and_poison_beside_good_ones(start
     assert reasons["not JSON"].startswith("not JSON")
     assert Counter(ids_logged(consumer, "done")) == Counter(f"good-{n}" for n in range(5))
     assert consumer.text.count(f"created queue '{qname}-poison'") == 1
+
+
+def test_concurrency_keeps_every_task_in_work_hidden_past_its_visibility_timeout(
+    start, service, qname
+):
+    """Three tasks of 4 s at once, a 2 s visibility timeout, a rival consumer waiting: the
+    keeper renews all three leases, so each task is taken once."""
+    slow = start(
+        CONSUMER, "--queue", qname, "--work-seconds", "4", "--visibility-timeout", "2",
+        "--concurrency", "3",
+    )  # fmt: skip
+    slow.wait_for("waiting for tasks")
+    for n in range(3):
+        send(service, qname, {"id": f"slow-{n}"})
+    slow.wait_for(r"\] took slow-", count=3)
+    rival = start(CONSUMER, "--queue", qname, "--work-seconds", "0", "--visibility-timeout", "2")
+    rival.wait_for("waiting for tasks")
+    slow.wait_for(r"\] done slow-", count=3, timeout=20)
+    time.sleep(2.5)  # the window in which an expired lease would let the rival take one
+    assert [slow.stop(), rival.stop()] == [0, 0]
+    assert sorted(ids_logged(slow, "took")) == [f"slow-{n}" for n in range(3)]
+    assert ids_logged(rival, "took") == []
+    assert message_count(service, qname) == 0
