@@ -289,12 +289,14 @@ def _not_ours(error: BaseException) -> bool:
 class _VisibilityKeeper:
     """Keeps the messages in hand invisible while work on them outlasts the visibility timeout:
     one background thread per Inbox extends each message's timeout every half timeout (a
-    thread per message would cost more than a small task's whole work)."""
+    thread per message would cost more than a small task's whole work). Its requests are made
+    outside the lock, so workers starting or ending other messages never wait for them."""
 
     def __init__(self, queue: QueueClient, timeout: int, log: logging.Logger) -> None:
         self.queue, self.timeout, self.log = queue, timeout, log
         self.interval = max(timeout / 2, 0.5)
         self._due: dict[str, tuple[QueueMessage, float]] = {}  # id -> (message, next renewal)
+        self._renewing: set[str] = set()  # ids whose renewal request is under way
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -304,24 +306,36 @@ class _VisibilityKeeper:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True)
                 self._thread.start()
-            self._changed.notify()
+            self._changed.notify_all()
 
     def drop(self, message: QueueMessage) -> None:
-        with self._changed:  # waits for a renewal in progress: its pop receipt is the live one
+        with self._changed:
+            while message.id in self._renewing:  # its new pop receipt is the live one: wait
+                self._changed.wait()
             self._due.pop(message.id, None)
 
     def _run(self) -> None:
-        with self._changed:
-            while True:
+        while True:
+            with self._changed:
                 now = time.monotonic()
-                for message, due in list(self._due.values()):
-                    if due <= now:
-                        if self._extend(message):
-                            self._due[message.id] = (message, now + self.interval)
-                        else:
-                            del self._due[message.id]
-                wake = min((due for _, due in self._due.values()), default=now + 60)
-                self._changed.wait(max(wake - time.monotonic(), 0.01))
+                due = [message for message, at in self._due.values() if at <= now]
+                if not due:
+                    wake = min((at for _, at in self._due.values()), default=now + 60)
+                    self._changed.wait(max(wake - now, 0.01))
+                    continue
+            for message in due:
+                with self._changed:
+                    if self._due.get(message.id, (None, 0))[0] is not message:
+                        continue  # dropped meanwhile: settled, or being settled
+                    self._renewing.add(message.id)
+                kept = self._extend(message)
+                with self._changed:
+                    self._renewing.discard(message.id)
+                    if kept:
+                        self._due[message.id] = (message, time.monotonic() + self.interval)
+                    else:
+                        del self._due[message.id]
+                    self._changed.notify_all()
 
     def _extend(self, message: QueueMessage) -> bool:
         """Extend one message's visibility timeout; False when it is no longer ours."""
