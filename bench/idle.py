@@ -7,7 +7,7 @@ import time
 
 from bench import report
 from bench.setup import Endpoints, Setup
-from patterns.runner import Proc, echo
+from patterns.runner import Proc, echo, stop_all
 
 WARM_UP = 3.0  # s: every backoff has reached its ceiling (0.1 + 0.2 + 0.4 + 0.8 s at default)
 WINDOW = 12.0  # s counted
@@ -75,15 +75,14 @@ def measure(setup: Setup) -> tuple[list[report.Row], list[str]]:
         time.sleep(WINDOW)
         after = setup.requests()
     finally:
-        for proc in procs:
-            proc.send_signal()
-        for proc in procs:
-            proc.stop()
+        stop_all(procs)
     found = []
     for what, module, _, queues in listed:
         for queue in queues:
-            rate = (after[queue, True] - before[queue, True]) / WINDOW
-            watch = (after[queue, False] - before[queue, False]) / WINDOW
+            rate, watch = (
+                sum(after[queue, kind] - before[queue, kind] for kind in kinds) / WINDOW
+                for kinds in (("receive", "message"), ("queue",))
+            )
             # The target is for the defaults: a lower --idle-max buys latency with requests,
             # and a requestor waiting for its replies is not idle.
             target = None if "requestor" in module or "idle-max" in what else report.IDLE

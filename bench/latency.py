@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 from azure.storage.queue import QueueClient
 
@@ -23,7 +24,7 @@ from bench import report
 from bench.idle import LOWER_IDLE_MAX
 from bench.setup import Endpoints, Setup
 from patterns.helper import cli, consume
-from patterns.runner import Proc, echo
+from patterns.runner import echo, stop_all
 
 SAMPLES = 8  # after idle, per setting; while busy: 3x as many
 IDLE_MAXES = (f"{cli.IDLE_MAX:g}", LOWER_IDLE_MAX)
@@ -35,15 +36,34 @@ def percentiles(values: list[float]) -> tuple[float, float]:
     return statistics.median(values) * 1000, cuts[18] * 1000
 
 
+class Measured(NamedTuple):
+    idle: list[float]  # seconds, after an idle pause
+    busy: list[float]  # seconds, while other messages flow
+    cost: float | None  # receives per second per queue while idle (None: no server log)
+
+
 def measure(
-    sample: Callable[[], float], load: Callable[[], object], samples: int, pause: float
-) -> tuple[list[float], list[float]]:
+    setup: Setup,
+    watched: list[str],
+    sample: Callable[[], float],
+    load: Callable[[], object],
+    samples: int,
+    pause: float,
+) -> Measured:
     """`samples` after an idle pause (pause to 1.5 x pause s), then 3 x as many while `load`
-    sends about 10 other messages a second through the same queues."""
+    sends about 10 other messages a second through the same queues. The idle cost: the
+    receives on the `watched` queues during the idle part, less the one per queue that took
+    each sample, per second and queue."""
     idle = []
+    before, began = (setup.requests() if setup.azurite else None), time.monotonic()
     for _ in range(samples):
         time.sleep(random.uniform(pause, 1.5 * pause))
         idle.append(sample())
+    cost = None
+    if before is not None:
+        after, took = setup.requests(), time.monotonic() - began
+        polls = sum(after[q, "receive"] - before[q, "receive"] - samples for q in watched)
+        cost = polls / took / len(watched)
     stop = threading.Event()
 
     def feed() -> None:
@@ -61,7 +81,7 @@ def measure(
     finally:
         stop.set()
         feeder.join()
-    return idle, busy
+    return Measured(idle, busy, cost)
 
 
 def order(tag: str) -> str:
@@ -71,9 +91,7 @@ def order(tag: str) -> str:
     })  # fmt: skip
 
 
-def pipeline(
-    setup: Setup, idle_max: str, samples: int, pause: float
-) -> tuple[list[float], list[float]]:
+def pipeline(setup: Setup, idle_max: str, samples: int, pause: float) -> Measured:
     """End-to-end seconds of one order, as finalize.py reports it."""
     q = setup.name
     flags = ("--idle-max", idle_max)
@@ -96,21 +114,16 @@ def pipeline(
     try:
         for proc in procs:
             proc.wait_for(r"orders (from|on) ")
-        return measure(sample, lambda: inbox.send_message(order("load")), samples, pause)
+
+        def load() -> None:
+            inbox.send_message(order("load"))
+
+        return measure(setup, [q("v"), q("e"), q("f")], sample, load, samples, pause)
     finally:
-        stop(procs)
+        stop_all(procs)
 
 
-def stop(procs: list[Proc]) -> None:
-    for proc in procs:
-        proc.send_signal()
-    for proc in procs:
-        proc.stop()
-
-
-def round_trips(
-    setup: Setup, idle_max: str, samples: int, pause: float
-) -> tuple[list[float], list[float]]:
+def round_trips(setup: Setup, idle_max: str, samples: int, pause: float) -> Measured:
     """Seconds from a request sent to its reply received, polling as requestor.py does."""
     requests: QueueClient = setup.queue(f"req-{idle_max.replace('.', '')}")
     replier = setup.start("patterns.request_reply.replier", "--queue", requests.queue_name,
@@ -138,9 +151,9 @@ def round_trips(
 
     try:
         replier.wait_for("waiting for requests")
-        return measure(sample, lambda: ask(others), samples, pause)
+        return measure(setup, [requests.queue_name], sample, lambda: ask(others), samples, pause)
     finally:
-        stop([replier])
+        stop_all([replier])
         for queue in (mine, others):
             queue.delete_queue()
 
@@ -155,11 +168,13 @@ def rows(endpoints: Endpoints) -> tuple[list[report.Row], list[str]]:
         for what, measure_one in (("pipeline end to end", pipeline),
                                   ("request/reply round trip", round_trips)):  # fmt: skip
             with endpoints.open() as setup:
-                idle, busy = measure_one(setup, idle_max, samples, pause)
-            for when, values in (("after idle", idle), ("while busy", busy)):
+                measured = measure_one(setup, idle_max, samples, pause)
+            for when, values in (("after idle", measured.idle), ("while busy", measured.busy)):
                 p50, p95 = percentiles(values)
-                row = report.Row(f"{what}, {when}, {setting}", p50, "ms p50",
-                                 note=f"p95 {p95:,.0f} ms; {len(values)} samples")  # fmt: skip
+                note = f"p95 {p95:,.0f} ms; {len(values)} samples"
+                if when == "after idle" and measured.cost is not None:
+                    note += f"; idle cost {measured.cost:.2f} req/s per queue"
+                row = report.Row(f"{what}, {when}, {setting}", p50, "ms p50", note=note)
                 found.append(row)
                 echo(f"bench: {row.what}: {row.cells()[1]}")
     return found, [
@@ -168,6 +183,8 @@ def rows(endpoints: Endpoints) -> tuple[list[report.Row], list[str]]:
         "slowest; while busy = 3x as many samples with about 10 other messages a second "
         "flowing through the same queues. The pipeline's figure is finalize.py's own "
         "(`finished ... after`, from the order's sent_at); the round trip is timed by the "
-        "bench, polling its reply queue as requestor.py does (every 0.02-0.1 s). The idle "
-        "cost of each --idle-max is in the idle rows (validate, enrich, finalize, replier).",
+        "bench, polling its reply queue as requestor.py does (every 0.02-0.1 s). Idle cost: "
+        "the scripts' receives per second and queue during the idle samples (less the one per "
+        "queue that took each sample; it includes the quicker polls after each sample, as the "
+        "backoff starts again at 0.1 s); the idle rows measure it with no samples at all.",
     ]

@@ -19,7 +19,7 @@ from patterns.helper import Fatal, settings
 from patterns.runner import Proc
 
 # `"GET /devstoreaccount1/<queue>/messages?numofmessages=32 HTTP/1.1"` in Azurite's access log
-REQUEST = re.compile(r'"[A-Z]+ /[^/\s]+/([a-z0-9-]+)(/messages)?[?/\s]')
+REQUEST = re.compile(r'"([A-Z]+) /[^/\s]+/([a-z0-9-]+)(/messages)?[?/\s]')
 
 
 @dataclass
@@ -55,12 +55,16 @@ class Setup:
     def start(self, module: str, *args: str) -> Proc:
         return Proc(module, *args, env=self.env)
 
-    def requests(self) -> Counter[tuple[str, bool]]:
-        """Requests served so far, by (queue, to its messages?), from Azurite's access log:
-        counted at the server, so nothing a script does is missed."""
+    def requests(self) -> Counter[tuple[str, str]]:
+        """Requests served so far, by queue and kind: `receive` (GET .../messages), `message`
+        (any other request on its messages: send, delete, update) or `queue` (properties,
+        create...). From Azurite's access log: counted at the server, nothing is missed."""
         assert self.azurite is not None and self.azurite.log_path is not None
         text = Path(self.azurite.log_path).read_text(errors="replace")
-        return Counter((m[1], bool(m[2])) for m in REQUEST.finditer(text))
+        return Counter(
+            (m[2], ("receive" if m[1] == "GET" else "message") if m[3] else "queue")
+            for m in REQUEST.finditer(text)
+        )
 
 
 @dataclass(frozen=True)
