@@ -4,7 +4,7 @@
     python -m bench --only idle,latency      # some sections (a partial run writes no file)
     python -m bench --account                # the configured account instead of Azurite
 
-Each section runs on an in-memory Azurite of its own (or, with --account, on the account in
+Each measurement runs on a fresh in-memory Azurite (or, with --account, on the account in
 AZURE_STORAGE_CONNECTION_STRING / .env, in queues named bench-<run>-..., deleted at the end).
 Nothing here is asserted by the tests; the targets are in the table.
 """

@@ -4,6 +4,7 @@ counted at the server (Azurite's access log), all scripts at once on queues of t
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 from bench import report
 from bench.setup import Endpoints, Setup
@@ -16,14 +17,23 @@ READY = r"waiting|subscribed|validating|enriching|watching"
 P = "patterns"
 
 
-def scripts(setup: Setup) -> list[tuple[str, str, list[str], list[str]]]:
-    """(what, module, arguments, queues to count) for every consuming script."""
+class Script(NamedTuple):
+    what: str
+    module: str
+    args: list[str]
+    queues: list[str]  # whose requests count (the requestor's reply queue: named when it runs)
+
+
+def scripts(setup: Setup) -> list[Script]:
+    """Every consuming script, each on queues of its own."""
     q = setup.name
     low = ["--idle-max", LOWER_IDLE_MAX]
     levels = [f"{q('prio')}-{level}-priority" for level in ("high", "normal", "low")]
-    found = [
+    found = [Script(*script) for script in [
         ("competing_consumers/consumer.py", f"{P}.competing_consumers.consumer",
          ["--queue", q("cc")], [q("cc")]),
+        ("competing_consumers/consumer.py --concurrency 4", f"{P}.competing_consumers.consumer",
+         ["--queue", q("cc4"), "--concurrency", "4"], [q("cc4")]),
         ("competing_consumers/consumer_bare.py", f"{P}.competing_consumers.consumer_bare",
          ["--queue", q("bare")], [q("bare")]),
         ("fanout/consumer.py (a subscriber)", f"{P}.fanout.consumer",
@@ -34,10 +44,10 @@ def scripts(setup: Setup) -> list[tuple[str, str, list[str], list[str]]]:
          ["--queue", q("level")], [q("level")]),
         ("request_reply/requestor.py, its reply queue while it waits",
          f"{P}.request_reply.requestor", ["--queue", q("nobody"), "--timeout", "60"], []),
-    ]  # fmt: skip
+    ]]  # fmt: skip
     for flags, label in (([], ""), (low, f" --idle-max {LOWER_IDLE_MAX}")):
         tag = "low" if flags else "def"
-        found += [
+        found += [Script(*script) for script in [
             (f"pipes_and_filters/validate.py{label}", f"{P}.pipes_and_filters.validate",
              ["--input", q(f"{tag}-v"), "--output", q(f"{tag}-e"),
               "--rejected", q(f"{tag}-r"), *flags], [q(f"{tag}-v")]),
@@ -47,7 +57,7 @@ def scripts(setup: Setup) -> list[tuple[str, str, list[str], list[str]]]:
              ["--input", q(f"{tag}-f"), *flags], [q(f"{tag}-f")]),
             (f"request_reply/replier.py{label}", f"{P}.request_reply.replier",
              ["--queue", q(f"{tag}-req"), *flags], [q(f"{tag}-req")]),
-        ]  # fmt: skip
+        ]]  # fmt: skip
     return found
 
 
@@ -65,11 +75,11 @@ def measure(setup: Setup) -> tuple[list[report.Row], list[str]]:
         ], ["Idle rates need Azurite's access log: not measured against an account."]
     procs: list[Proc] = []
     try:
-        procs = [setup.start(module, *args) for _, module, args, _ in listed]
-        for proc in procs:
+        procs = [setup.start(script.module, *script.args) for script in listed]
+        for proc, script in zip(procs, listed, strict=True):
             proc.wait_for(READY, timeout=60)
-        reply = procs[5].wait_for(r"on '(reply-[^']+)'")[0].group(1)
-        listed[5][3].append(reply)
+            if script.module.endswith(".requestor"):  # its reply queue: reply-<uuid>
+                script.queues.append(proc.wait_for(r"on '(reply-[^']+)'")[0].group(1))
         time.sleep(WARM_UP)
         before = setup.requests()
         time.sleep(WINDOW)

@@ -21,12 +21,13 @@ from typing import NamedTuple
 from azure.storage.queue import QueueClient
 
 from bench import report
-from bench.idle import LOWER_IDLE_MAX
+from bench.idle import LOWER_IDLE_MAX, WARM_UP
 from bench.setup import Endpoints, Setup
 from patterns.helper import cli, consume
 from patterns.runner import echo, stop_all
 
 SAMPLES = 8  # after idle, per setting; while busy: 3x as many
+COST_WINDOW = 4.0  # s: the idle cost counted before the samples
 IDLE_MAXES = (f"{cli.IDLE_MAX:g}", LOWER_IDLE_MAX)
 
 
@@ -51,19 +52,21 @@ def measure(
     pause: float,
 ) -> Measured:
     """`samples` after an idle pause (pause to 1.5 x pause s), then 3 x as many while `load`
-    sends about 10 other messages a second through the same queues. The idle cost: the
-    receives on the `watched` queues during the idle part, less the one per queue that took
-    each sample, per second and queue."""
+    sends about 10 other messages a second through the same queues. First, the idle cost:
+    the scripts' receives per second and queue on the `watched` queues, at their slowest poll
+    (counted at the server)."""
+    cost = None
+    if setup.azurite is not None:
+        time.sleep(WARM_UP)
+        before = setup.requests()
+        time.sleep(COST_WINDOW)
+        after = setup.requests()
+        polls = sum(after[q, "receive"] - before[q, "receive"] for q in watched)
+        cost = polls / COST_WINDOW / len(watched)
     idle = []
-    before, began = (setup.requests() if setup.azurite else None), time.monotonic()
     for _ in range(samples):
         time.sleep(random.uniform(pause, 1.5 * pause))
         idle.append(sample())
-    cost = None
-    if before is not None:
-        after, took = setup.requests(), time.monotonic() - began
-        polls = sum(after[q, "receive"] - before[q, "receive"] - samples for q in watched)
-        cost = polls / took / len(watched)
     stop = threading.Event()
 
     def feed() -> None:
@@ -184,7 +187,8 @@ def rows(endpoints: Endpoints) -> tuple[list[report.Row], list[str]]:
         "flowing through the same queues. The pipeline's figure is finalize.py's own "
         "(`finished ... after`, from the order's sent_at); the round trip is timed by the "
         "bench, polling its reply queue as requestor.py does (every 0.02-0.1 s). Idle cost: "
-        "the scripts' receives per second and queue during the idle samples (less the one per "
-        "queue that took each sample; it includes the quicker polls after each sample, as the "
-        "backoff starts again at 0.1 s); the idle rows measure it with no samples at all.",
+        f"the scripts' receives per second and queue in {COST_WINDOW:g} s before the samples, "
+        "at their slowest poll (counted at the server; the idle rows count it over "
+        "longer). Between sparse messages it is higher: after each message the backoff "
+        "starts again at 0.1 s.",
     ]
