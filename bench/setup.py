@@ -4,6 +4,7 @@ the requests the server logged per queue."""
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 from collections import Counter
@@ -55,6 +56,12 @@ class Setup:
     def start(self, module: str, *args: str) -> Proc:
         return Proc(module, *args, env=self.env)
 
+    def server_cpu(self) -> float:
+        """CPU seconds the emulator has used so far (NaN: an account, or no /proc)."""
+        if self.azurite is None or self.azurite.process is None:
+            return math.nan
+        return cpu_seconds(self.azurite.process.pid)
+
     def requests(self) -> Counter[tuple[str, str]]:
         """Requests served so far, by queue and kind: `receive` (GET .../messages), `message`
         (any other request on its messages: send, delete, update) or `queue` (properties,
@@ -65,6 +72,15 @@ class Setup:
             (m[2], ("receive" if m[1] == "GET" else "message") if m[3] else "queue")
             for m in REQUEST.finditer(text)
         )
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far; NaN without /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)

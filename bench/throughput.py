@@ -3,18 +3,21 @@ hands-on's 20 x 2 s scenario against its ideal; --concurrency against its ideal.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import re
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 from azure.storage.queue import QueueClient
 
 from bench import report
-from bench.setup import Endpoints, Setup
+from bench.setup import Endpoints, Setup, cpu_seconds
 from patterns.helper import cli
 from patterns.runner import Proc, echo, log_seconds
 
@@ -33,9 +36,31 @@ def raw_send(queue: QueueClient, count: int, threads: int = SEND_THREADS) -> flo
     return count / (time.perf_counter() - started)
 
 
-def raw_drain(queue: QueueClient, threads: int) -> float:
-    """Messages per second for `threads` threads each looping receive(32) + delete until the
-    queue is empty (the drain ceiling)."""
+class Drain(NamedTuple):
+    rate: float  # messages per second
+    client_ms: float | None  # CPU milliseconds per message: the client(s)
+    server_ms: float | None  # ... and the emulator
+
+
+def per_message(used: float, count: int) -> float | None:
+    """Milliseconds per message, None if unknown (NaN: no /proc, or no emulator)."""
+    return None if math.isnan(used) else used / count * 1000
+
+
+def fastest(runs: list[Drain]) -> Drain:
+    return max(runs, key=lambda run: run.rate)
+
+
+def cpu(drain: Drain) -> str:
+    """Where the time goes: CPU per message in the client(s) and in the emulator."""
+    if drain.client_ms is None or drain.server_ms is None:
+        return ""
+    return f"CPU per message: client {drain.client_ms:.2f} ms, emulator {drain.server_ms:.2f} ms"
+
+
+def raw_drain(setup: Setup, queue: QueueClient, threads: int) -> Drain:
+    """`threads` threads each looping receive(32) + delete until the queue is empty (the
+    drain ceiling)."""
     done = [0] * threads
 
     def loop(me: int) -> None:
@@ -48,13 +73,16 @@ def raw_drain(queue: QueueClient, threads: int) -> float:
                 queue.delete_message(message.id, message.pop_receipt)
             done[me] += len(batch)
 
-    started = time.perf_counter()
+    started, client, server = time.perf_counter(), time.process_time(), setup.server_cpu()
     workers = [threading.Thread(target=loop, args=(n,)) for n in range(threads)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    return sum(done) / (time.perf_counter() - started)
+    seconds, count = time.perf_counter() - started, sum(done)
+    used = time.process_time() - client  # this process: nothing else runs in it meanwhile
+    server_used = setup.server_cpu() - server
+    return Drain(count / seconds, per_message(used, count), per_message(server_used, count))
 
 
 def producer_send(setup: Setup, queue: QueueClient, count: int) -> float:
@@ -74,28 +102,36 @@ def drained(queue: QueueClient, timeout: float = 180) -> None:
         time.sleep(0.5)
 
 
-def rate_from_logs(procs: list[Proc], pattern: str = DONE) -> float:
+def rate_from_logs(procs: list[Proc], pattern: str = DONE) -> tuple[float, int]:
     """Messages per second from the consumers' own lines: from when the last of them was up
-    (its "waiting for tasks") to the last `done`, counting the tasks done in between."""
+    (its "waiting for tasks") to the last `done`, counting the tasks done in between; and
+    how many that was."""
     start = max(log_seconds(p.wait_for("waiting for tasks")[0].string) for p in procs)
     times = [log_seconds(m.string) for p in procs for m in p.matches(pattern)]
     inside = [t for t in times if t >= start]
-    return len(inside) / (max(inside) - start)
+    return len(inside) / (max(inside) - start), len(inside)
 
 
 def consumers(setup: Setup, queue: QueueClient, how_many: int, *options: str) -> list[Proc]:
     return [setup.start(CONSUMER, "--queue", queue.queue_name, *options) for _ in range(how_many)]
 
 
-def script_drain(setup: Setup, queue: QueueClient, how_many: int, batch: int) -> float:
-    """Messages per second for `how_many` zero-work consumers draining a full queue."""
+def script_drain(setup: Setup, queue: QueueClient, how_many: int, batch: int) -> Drain:
+    """`how_many` zero-work consumers draining a full queue. CPU is counted from when each
+    is up (so without Python's start-up) to the empty queue."""
     procs = consumers(setup, queue, how_many, "--work-seconds", "0", "--batch-size", str(batch))
     try:
+        for proc in procs:
+            proc.wait_for("waiting for tasks")
+        client, server = sum(cpu_seconds(p.pid) for p in procs), setup.server_cpu()
         drained(queue)
+        client = sum(cpu_seconds(p.pid) for p in procs) - client
+        server = setup.server_cpu() - server
     finally:
         for proc in procs:
             proc.stop()
-    return rate_from_logs(procs)
+    rate, count = rate_from_logs(procs)
+    return Drain(rate, per_message(client, count), per_message(server, count))
 
 
 def hands_on_scenario(setup: Setup) -> float:
@@ -123,8 +159,8 @@ def hands_on_scenario(setup: Setup) -> float:
 def rows(endpoints: Endpoints) -> tuple[list[report.Row], list[str]]:
     n = endpoints.count
     sends: dict[str, list[float]] = {"raw": [], "ours": []}
-    ceilings: dict[int, list[float]] = {1: [], 4: []}
-    drains: dict[tuple[int, int], list[float]] = {}
+    ceilings: dict[int, list[Drain]] = {1: [], 4: []}
+    drains: dict[tuple[int, int], list[Drain]] = {}
     # Raw and ours take turns, so that a slow spell of the shared machine hits both; each run
     # fills a queue (raw sends or producer.py: the send figures) and drains it (raw threads or
     # consumers), on a fresh emulator (see Endpoints).
@@ -137,23 +173,29 @@ def rows(endpoints: Endpoints) -> tuple[list[report.Row], list[str]]:
             queue = setup.queue("drain")
             if by == "raw":
                 sends[by].append(raw_send(queue, n))
-                ceilings[how_many].append(raw_drain(queue, how_many))
-                rate = ceilings[how_many][-1]
+                drain = raw_drain(setup, queue, how_many)
+                ceilings[how_many].append(drain)
             else:
                 sends[by].append(producer_send(setup, queue, n))
-                rate = script_drain(setup, queue, how_many, batch)
-                drains.setdefault((how_many, batch), []).append(rate)
-        echo(f"bench: {by} drain, {how_many} thread(s)/consumer(s), batch {batch}: {rate:.0f}/s")
+                drain = script_drain(setup, queue, how_many, batch)
+                drains.setdefault((how_many, batch), []).append(drain)
+        echo(f"bench: {by} drain, {how_many} thread(s)/consumer(s), batch {batch}: "
+             f"{drain.rate:.0f}/s; {cpu(drain)}")  # fmt: skip
     what = f"producer.py send rate (--concurrency {SEND_THREADS}, default)"
     found = [report.Row(what, max(sends["ours"]), "msg/s", max(sends["raw"]), report.PRODUCER)]
+    for k, runs in ceilings.items():
+        ceiling = fastest(runs)
+        what = f"raw receive(32)+delete ceiling, K = {k} thread{'s' * (k > 1)}"
+        found.append(report.Row(what, ceiling.rate, "msg/s", note=cpu(ceiling)))
     drain_rows = []
-    for (how_many, batch), rates in sorted(drains.items(), key=lambda item: item[0][::-1]):
+    for (how_many, batch), runs in sorted(drains.items(), key=lambda item: item[0][::-1]):
         what = f"zero-work drain: {how_many} consumer{'s' * (how_many > 1)}, --batch-size {batch}"
         what += " (default)" if batch == cli.BATCH_SIZE else ""
-        drain_rows.append(report.Row(what, max(rates), "msg/s", max(ceilings[how_many])))
+        ours, ceiling = fastest(runs), fastest(ceilings[how_many])
+        drain_rows.append(report.Row(what, ours.rate, "msg/s", ceiling.rate, note=cpu(ours)))
     best = max(drain_rows, key=lambda row: row.ratio or 0)
-    drain_rows[drain_rows.index(best)] = report.Row(
-        best.what + " — the best drain", best.value, best.unit, best.ceiling, report.DRAIN
+    drain_rows[drain_rows.index(best)] = dataclasses.replace(
+        best, what=f"{best.what} — the best drain", target=report.DRAIN
     )
     found += drain_rows
     with endpoints.open() as setup:
