@@ -7,7 +7,8 @@ Fix the cause first (the bug, the bad data), then redrive: each message goes bac
 original body - the poison record's reason and counters are dropped - as a new message, so
 consumers get --max-attempts fresh tries. Each message is sent to QUEUE first and deleted from
 the poison queue only then: stopped halfway (Ctrl+C, a crash), nothing is lost; at worst one
-message is in both queues.
+message is in both queues. The body goes back exactly as its sender wrote it, plain or Base64,
+whatever AZURE_QUEUE_MESSAGE_ENCODING says now: set that for the consumer that will read it.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueMessage
 
-from patterns.helper import cli, connect, consume
+from patterns.helper import cli, codec, connect, consume
 
 RECORD_KEYS = {"reason", "source_queue", "dequeue_count", "poisoned_at", "message_id", "body"}
 
 
 def unwrap(text: str) -> tuple[str, dict[str, Any] | None]:
     """(original body, poison record) for a poison message written by consume.Inbox.poison;
-    (text, None) for anything else - e.g. a body too big for the record, kept as it was."""
+    (text, None) for anything else - e.g. a body too big for the record, kept as it was. A
+    record written in base64 mode is Base64 itself; the body inside is the original text."""
     try:
-        record = json.loads(text)
+        record = json.loads(codec.readable(text)[0])
     except json.JSONDecodeError:
         return text, None
     is_record = isinstance(record, dict) and record.keys() >= RECORD_KEYS
@@ -39,7 +41,7 @@ def unwrap(text: str) -> tuple[str, dict[str, Any] | None]:
 def label(body: str, message: QueueMessage) -> str:
     """The application id of a body, if it has one, else the service's message id."""
     try:
-        data = json.loads(body)
+        data = json.loads(codec.readable(body)[0])
     except json.JSONDecodeError:
         data = None
     if isinstance(data, dict):
