@@ -19,10 +19,12 @@ from pathlib import Path
 import pytest
 from support import assert_refused, message_count, peek_bodies, run_script, send, wait_until
 from test_deploy import default_queue
+from test_tracing import spans_of, traced
 
 from patterns.emulator import ROOT
 from patterns.helper import BadMessage, cli, codec, connect, settings
 from patterns.helper.settings import MESSAGE_ENCODING_VAR
+from patterns.tools import journey
 
 FUNCTIONS = ROOT / "patterns" / "functions"
 CONSUMER = "patterns.competing_consumers.consumer"
@@ -170,6 +172,22 @@ def test_a_message_in_the_other_encoding_goes_to_poison_as_it_came_and_redrive_r
     fixed = start(CONSUMER, "--queue", qname, "--work-seconds", "0", env_=in_mode(env, other))
     fixed.wait_for(r"\] done stray-1")
     assert fixed.stop() == 0
+
+
+def test_a_journey_is_traced_through_base64_messages(env, start, qname, tmp_path):
+    """The trace context travels inside the body: in base64 mode the consumer still finds it,
+    so the producer's send and the consumer's work are one trace that journey draws."""
+    on = in_mode(traced(env, tmp_path / "traces.jsonl"), "base64")
+    consumer = start(CONSUMER, "--queue", qname, "--work-seconds", "0", env_=on)
+    produced = run_script(PRODUCER, "--queue", qname, "--count", "1", env=on)
+    assert produced.returncode == 0, produced.stderr
+    [task_id] = re.findall(r"\] sent (task-\S+)$", produced.stdout, flags=re.MULTILINE)
+    consumer.wait_for(rf"\] done {task_id}")
+    assert consumer.stop() == 0  # its span is written before it exits
+    spans = [s for s in spans_of(tmp_path / "traces.jsonl") if s["attributes"].get("app.id")]
+    assert len({s["trace_id"] for s in spans if s["attributes"]["app.id"] == task_id}) == 1
+    [drawn] = [j for j in journey.journeys(spans) if j.app_id == task_id]
+    assert [hop.role for hop in drawn.hops] == ["producer", "consumer"]
 
 
 def test_peek_shows_base64_decoded_and_says_so(env, service, qname):
