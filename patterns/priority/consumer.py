@@ -34,7 +34,8 @@ def levels(text: str) -> list[str]:
 
 
 def age(message: QueueMessage) -> float:
-    """Seconds since the task was sent (by the service's clock: its inserted_on)."""
+    """Seconds since the task was sent: now (our clock) less its inserted_on (the service's
+    clock, whole seconds), so a clock that is off shifts it."""
     if message.inserted_on is None:
         return 0.0
     return (datetime.now(timezone.utc) - message.inserted_on).total_seconds()
