@@ -134,9 +134,10 @@ MISMATCHES = {
 }
 
 
+@pytest.mark.parametrize("redrive_in", ["the-consumers-mode", "the-senders-mode"])
 @pytest.mark.parametrize("case", MISMATCHES)
 def test_a_message_in_the_other_encoding_goes_to_poison_as_it_came_and_redrive_returns_it(
-    case, env, start, service, qname
+    case, redrive_in, env, start, service, qname
 ):
     mode, write, said = MISMATCHES[case]
     other = "text" if mode == "base64" else "base64"
@@ -164,7 +165,8 @@ def test_a_message_in_the_other_encoding_goes_to_poison_as_it_came_and_redrive_r
 
     # Redrive, in either mode, sends back the sender's text byte for byte; a consumer in the
     # sender's encoding then does it.
-    redrive = run_script("patterns.tools.redrive", qname, env=in_mode(env, mode))
+    redrive_mode = mode if redrive_in == "the-consumers-mode" else other
+    redrive = run_script("patterns.tools.redrive", qname, env=in_mode(env, redrive_mode))
     assert redrive.returncode == 0, redrive.stderr
     assert f"moved stray-1 back to '{qname}'" in redrive.stdout
     assert peek_bodies(service, qname) == [stray]
