@@ -3,12 +3,12 @@
     python patterns/tools/redrive.py tasks-queue              # all of tasks-queue-poison
     python -m patterns.tools.redrive tasks-queue --count 2    # only the first 2
 
-Fix the cause first (the bug, the bad data), then redrive: each message goes back with its
-original body - the poison record's reason and counters are dropped - as a new message, so
+Fix the cause first (the bug, the bad data, AZURE_QUEUE_MESSAGE_ENCODING), then redrive: each
+message goes back with its original body, plain or Base64 as its sender wrote it, whatever the
+setting here - the poison record's reason and counters are dropped - as a new message, so
 consumers get --max-attempts fresh tries. Each message is sent to QUEUE first and deleted from
 the poison queue only then: stopped halfway (Ctrl+C, a crash), nothing is lost; at worst one
-message is in both queues. The body goes back exactly as its sender wrote it, plain or Base64,
-whatever AZURE_QUEUE_MESSAGE_ENCODING says now: set that for the consumer that will read it.
+message is in both queues.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ RECORD_KEYS = {"reason", "source_queue", "dequeue_count", "poisoned_at", "messag
 
 def unwrap(text: str) -> tuple[str, dict[str, Any] | None]:
     """(original body, poison record) for a poison message written by consume.Inbox.poison;
-    (text, None) for anything else - e.g. a body too big for the record, kept as it was. A
-    record written in base64 mode is Base64 itself; the body inside is the original text."""
+    (text, None) for anything else - e.g. a body too big for the record, kept as it was."""
     try:
-        record = json.loads(codec.readable(text)[0])
+        record = json.loads(codec.readable(text)[0])  # written in base64 mode: Base64 itself
     except json.JSONDecodeError:
         return text, None
     is_record = isinstance(record, dict) and record.keys() >= RECORD_KEYS
