@@ -381,7 +381,8 @@ def time_lesson(env: dict[str, str]) -> Row:
         producers_ok
         and waited >= 1.5  # its 2 s delay, give or take the clocks' milliseconds
         and len(gaps) == 2
-        and gaps[1] > gaps[0] >= 0.5  # 1 s, then 2 s: growing
+        and gaps[0] >= 0.5
+        and gaps[1] >= 1.5  # not before the 1 s, then 2 s backoff
         and said == ["1", "2"]
         and [(r["dequeue_count"], r["reason"][:14]) for r in records] == [(3, "failed 3 times")]
         and exits == [0]

@@ -397,20 +397,21 @@ class Workers:
         self._tasks: SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None]
         self._tasks = SimpleQueue()
         # Daemon threads: a second Ctrl+C ends the process even if some work ignores the first.
+        # With n = 1, none: the caller's thread does the work.
         self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(n)]
-        for thread in self._threads if n > 1 else []:
+        self._threads = self._threads if n > 1 else []
+        for thread in self._threads:
             thread.start()
 
     def __enter__(self) -> Workers:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
-        if self.n > 1:
-            for _ in self._threads:
-                self._tasks.put(None)  # each worker ends after its current task
-            if kind is None:
-                for thread in self._threads:
-                    thread.join()
+        for _ in self._threads:
+            self._tasks.put(None)  # each worker ends after its current task
+        if kind is None:
+            for thread in self._threads:
+                thread.join()
         if kind is None and self._error is not None:
             raise self._error
 
