@@ -36,7 +36,12 @@ class Setup:
     @contextmanager
     def open(cls, connection_string: str, prefix: str, azurite: Azurite | None) -> Iterator[Setup]:
         service = QueueServiceClient.from_connection_string(connection_string)
-        env = {**os.environ, settings.CONNECTION_STRING_VAR: connection_string}
+        # Plain-text messages whatever the shell or .env says: the raw SDK sends text.
+        env = {
+            **os.environ,
+            settings.CONNECTION_STRING_VAR: connection_string,
+            settings.MESSAGE_ENCODING_VAR: "text",
+        }
         setup = cls(service, env, prefix, azurite)
         try:
             yield setup
