@@ -172,12 +172,13 @@ def rows(endpoints: Endpoints) -> tuple[list[report.Row], list[str]]:
     for by, how_many, batch in plan:
         with endpoints.open() as setup:
             queue = setup.queue("drain")
+            rate = raw_send(queue, n) if by == "raw" else producer_send(setup, queue, n)
+            if batch == 32:  # as many producer runs as raw ones
+                sends[by].append(rate)
             if by == "raw":
-                sends[by].append(raw_send(queue, n))
                 drain = raw_drain(setup, queue, how_many)
                 ceilings[how_many].append(drain)
             else:
-                sends[by].append(producer_send(setup, queue, n))
                 drain = script_drain(setup, queue, how_many, batch)
                 drains.setdefault((how_many, batch), []).append(drain)
         echo(f"bench: {by} drain, {how_many} thread(s)/consumer(s), batch {batch}: "
