@@ -215,6 +215,7 @@ PATTERNS = [
     "pipes-and-filters",
     "request-reply",
     "load-leveling",
+    "functions",
 ]
 
 
