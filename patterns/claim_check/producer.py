@@ -48,8 +48,8 @@ def main() -> int:
     )  # fmt: skip
     args = parser.parse_args()
     log = cli.logger("producer")
-    queue = connect.open_queue(args.queue, log)
     container = connect.blob_container(args.container, log)
+    queue = connect.open_queue(args.queue, log)
     run_id = uuid.uuid4().hex[:8]
 
     for n in range(1, args.count + 1):

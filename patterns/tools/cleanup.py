@@ -125,7 +125,7 @@ def delete_orphans(
     found = _blobs(svc, prefix, orphan_age)
     orphans = [blob for blob in found if blob.state == "orphan"]
     unsure = sum(blob.state == "unknown" for blob in found)
-    not_sure = f"; {unsure} left alone (their queue holds messages a peek cannot see)"
+    not_sure = f"; {unsure} not sure, left alone (younger, or messages a peek cannot see)"
     for blob in orphans:
         log.info(f"{'would delete' if dry_run else 'to delete'}: orphan blob {blob.path}")
     if dry_run:

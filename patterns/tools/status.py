@@ -140,8 +140,8 @@ def blob_lines(svc: QueueServiceClient, prefix: str, orphan_age: float) -> str:
             out += [f"  orphan: {b.name}  {b.size} bytes, {b.age:.0f} s old" for b in orphans]
     if out:
         out.append(
-            f"(orphan: no message refers to it and it is over {orphan_age:g} s old; not sure: "
-            "its queue holds messages a peek cannot see; `cleanup --orphans` removes orphans)"
+            f"(orphan: no message refers to it, over {orphan_age:g} s old; not sure: younger, "
+            "or its queue holds messages a peek cannot see; `cleanup --orphans` removes orphans)"
         )
     return "".join(line + "\n" for line in out)
 
