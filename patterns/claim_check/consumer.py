@@ -69,11 +69,11 @@ def main() -> int:
                     task = codec.parse_json(message)
                     task_id = codec.app_id(task)
                     payload, where = fetch(task, log)
-                    log.info(f"took {task_id}: {len(payload)} bytes {where}")
+                    log.info(f"took {task_id} ({len(payload)} bytes {where})")
                     check(task, payload)
                     stop.sleep(args.work_seconds)  # the rest of the work; Ctrl+C interrupts it
                     processed += 1
-                    log.info(f"done {task_id}: sha256 ok")
+                    log.info(f"done {task_id} (size and sha256 as sent)")
                 if settled.deleted and "blob" in task:
                     # Only now: the message is gone for good, so no retry will need the blob.
                     where = f"{task['container']}/{task['blob']}"
