@@ -19,8 +19,8 @@ import uuid
 from patterns.helper import cli, connect
 
 # Why 32 KiB and not 64: an inline payload travels base64-encoded (3 bytes become 4) inside
-# JSON inside the request's XML, which escapes & < > too; 32 KiB of payload is ~44 KiB as
-# sent. 45 KiB is the most that still fits (the flag's range).
+# JSON inside the request's XML, which escapes & < > too; 32 KiB of payload is ~43 KiB as
+# sent. 45 KiB (~61 KB as sent) is the most the flag accepts.
 THRESHOLD = 32 * 1024
 SMALL, LARGE = 2_000, 200_000  # the default mix: one of each path in turn
 
