@@ -6,11 +6,23 @@ from __future__ import annotations
 import json
 import re
 import signal
+from types import SimpleNamespace
 
+from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
-from support import ids_logged, message_count, peek_bodies, run_script, send, wait_until
+from support import (
+    assert_refused,
+    ids_logged,
+    message_count,
+    peek_bodies,
+    run_script,
+    send,
+    wait_until,
+)
 
+from patterns.helper import connect, settings
+from patterns.helper.settings import CONNECTION_STRING_VAR
 from patterns.tools.blobs import PAYLOADS_CONTAINER
 
 PRODUCER = "patterns.claim_check.producer"
@@ -186,3 +198,19 @@ def test_an_oversized_poison_record_keeps_its_reason_and_redrive_restores_the_bo
     assert peek_bodies(service, qname) == [body]  # the original, byte for byte
     assert message_count(service, f"{qname}-poison") == 0
     assert blob_names(blobs, "poison-records", f"{qname}-poison/") == []
+
+
+def test_a_connection_string_without_a_blob_endpoint_is_one_line_exit_2(env, azurite, qname):
+    queue_only = f"{env[CONNECTION_STRING_VAR].split('BlobEndpoint=')[0]}"
+    result = run_script(PRODUCER, "--queue", qname, env={**env, CONNECTION_STRING_VAR: queue_only})
+    assert_refused(result, "names a QueueEndpoint but no BlobEndpoint")
+
+
+def test_with_entra_sign_in_the_blob_service_is_the_queue_services_neighbour(monkeypatch):
+    url = "https://learner.queue.core.windows.net"
+    signed_in = settings.Settings("", "environment", account_url=url)
+    monkeypatch.setattr(settings, "load_settings", lambda: signed_in)
+    credential = AzureNamedKeyCredential("learner", "a2V5")  # stands for the Entra credential
+    monkeypatch.setattr(connect, "service", lambda log=None: SimpleNamespace(credential=credential))
+    monkeypatch.setattr(connect, "_blob_service", None)
+    assert connect.blob_service().url == "https://learner.blob.core.windows.net/"

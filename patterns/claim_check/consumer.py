@@ -48,6 +48,17 @@ def check(task: dict[str, Any], payload: bytes) -> None:
         raise BadMessage("payload does not match its sha256")
 
 
+def delete_blob(task: dict[str, Any], log: logging.Logger) -> None:
+    """Delete a payload's blob once its message is gone for good. If that fails, the blob is
+    an orphan: nothing is lost, and status shows it, cleanup removes it."""
+    where = f"{task['container']}/{task['blob']}"
+    try:
+        connect.blob_service().get_blob_client(task["container"], task["blob"]).delete_blob()
+        log.info(f"deleted blob {where}")
+    except (HttpResponseError, *connect.UNREACHABLE) as error:
+        log.warning(f"could not delete blob {where} ({connect.in_short(error)}): an orphan now")
+
+
 def main() -> int:
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     cli.add_queue_argument(parser, "--queue", "claim-check-queue", "queue to consume")
@@ -75,18 +86,7 @@ def main() -> int:
                     processed += 1
                     log.info(f"done {task_id} (size and sha256 as sent)")
                 if settled.deleted and "blob" in task:
-                    # Only now: the message is gone for good, so no retry will need the blob.
-                    where = f"{task['container']}/{task['blob']}"
-                    try:
-                        connect.blob_service().get_blob_client(
-                            task["container"], task["blob"]
-                        ).delete_blob()
-                        log.info(f"deleted blob {where}")
-                    except (HttpResponseError, *connect.UNREACHABLE) as error:
-                        log.warning(
-                            f"could not delete blob {where} ({connect.in_short(error)}): an "
-                            "orphan now; status shows it, cleanup removes it"
-                        )
+                    delete_blob(task, log)  # only now: no retry of the message will need it
     log.info(f"stopped: processed {processed} payload(s)")
     return 0
 
