@@ -4,6 +4,7 @@ shared functions are in support.py."""
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import uuid
@@ -18,9 +19,13 @@ from azure.storage.queue import QueueServiceClient
 from support import env_for
 
 from patterns.emulator import Azurite
+from patterns.helper.settings import MESSAGE_ENCODING_VAR
 from patterns.runner import Proc, stop_all
 
 FIGURES = pytest.StashKey[list[str]]()
+# The suite runs in the default message encoding, whatever the shell or a .env says (the
+# environment wins over .env); tests of base64 mode set it themselves.
+os.environ[MESSAGE_ENCODING_VAR] = "text"
 
 
 @pytest.fixture(scope="session")

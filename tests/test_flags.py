@@ -99,6 +99,7 @@ CASES: list[Case] = [
     Case(f"{PR}.producer", "--count", "0"),
     Case(f"{PR}.producer", "--priority", "urgent"),
     Case(f"{PR}.consumer", "--starvation-guard", "-1"),
+    Case(f"{PR}.consumer", "--age-after", "604801"),
     Case(f"{PR}.consumer", "--levels", "high,urgent"),
     *consumer_flags(f"{PR}.consumer"),
     Case(f"{PF}.producer", "--output", CONSUMED),

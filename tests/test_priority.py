@@ -37,6 +37,12 @@ def put(service, prefix: str, level: str, task_id: str) -> None:
     send(service, f"{prefix}-{level}-priority", {"id": task_id, "text": task_id})
 
 
+def create_levels(service, prefix: str) -> None:
+    """The three queues, so tasks can be put in before any script has run."""
+    for level in ("high", "normal", "low"):
+        service.create_queue(f"{prefix}-{level}-priority")
+
+
 def taken(proc) -> list[tuple[str, str]]:
     """(level, id) of each task the consumer took, in order."""
     return [(m.group(2), m.group(1)) for m in proc.matches(r"\] took (\S+) from (\w+):")]
@@ -156,3 +162,38 @@ def test_the_readme_try_this_an_urgent_task_typed_seconds_later_still_overtakes(
     assert order == [*low[:first_lows], urgent]
     assert first_lows < len(low), "low tasks must still be waiting behind the urgent one"
     assert worker.stop() == 0
+
+
+def test_ageing_serves_a_task_that_waited_too_long_as_if_one_level_higher(start, service, prefix):
+    """--age-after 4: a normal task that has waited 5 s goes before fresh high tasks, and a low
+    one that waited as long goes before a fresh normal one; fresh tasks keep their order."""
+    create_levels(service, prefix)
+    put(service, prefix, "normal", "old-normal")
+    put(service, prefix, "low", "old-low")
+    time.sleep(5)  # the lesson is time passing: these two are now older than --age-after
+    for task_id in ("new-high-1", "new-high-2"):
+        put(service, prefix, "high", task_id)
+    put(service, prefix, "normal", "new-normal")
+    worker = consumer(start, prefix, "--age-after", "4")
+    worker.wait_for(r"\] done ", count=5)
+    assert worker.stop() == 0
+    assert taken(worker) == [
+        ("normal", "old-normal"),
+        ("high", "new-high-1"),
+        ("high", "new-high-2"),
+        ("low", "old-low"),
+        ("normal", "new-normal"),
+    ]
+    [line] = worker.matches(r"took old-normal from normal: old-normal \(waited (\d+) s\)$")
+    assert int(line.group(1)) >= 5
+
+
+def test_without_ageing_strict_priority_holds_however_long_a_task_waited(start, service, prefix):
+    create_levels(service, prefix)
+    put(service, prefix, "normal", "old-normal")
+    time.sleep(2)
+    put(service, prefix, "high", "new-high")
+    worker = consumer(start, prefix)  # --age-after 0, the default: off
+    worker.wait_for(r"\] done ", count=2)
+    assert [task_id for _, task_id in taken(worker)] == ["new-high", "old-normal"]
+    assert "waited" not in worker.text

@@ -218,6 +218,7 @@ PATTERNS = [
     "request-reply",
     "load-leveling",
     "claim-check",
+    "functions",
 ]
 
 

@@ -30,7 +30,8 @@ WORK_SECONDS = 2.0  # the simulated work per task
 # Ctrl+C hands no task back (it returns after its visibility timeout); long work is not kept
 # hidden; a message that can never succeed (not JSON, no id) is retried like any other, and its
 # poison copy carries no reason; the idle wait is a flat second; an outage, a bad queue name or
-# a missing emulator ends it with the SDK's error, after the SDK's own slow retries.
+# a missing emulator ends it with the SDK's error, after the SDK's own slow retries. It reads
+# plain text only: AZURE_QUEUE_MESSAGE_ENCODING=base64 (Base64, for Azure Functions) is codec's.
 
 
 def say(text: str) -> None:  # one line per event, `HH:MM:SS.mmm role[pid] text`, like the others

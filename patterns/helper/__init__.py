@@ -5,7 +5,7 @@ One concern a file; each reads alone and imports only the ones above it in this 
     settings.py  where the connection comes from (environment, .env, the local Azurite) and
                  what is wrong with a connection string, said without any of its values
     codec.py     message bodies: the one place a body is written (encode) and read
-                 (parse_json, app_id, describe)
+                 (parse_json, app_id, describe), as plain text or Base64 (Azure Functions)
     tracing.py   optional OpenTelemetry tracing of a message's journey: hooks that connect
                  and consume call, doing nothing (importing nothing) unless switched on
     connect.py   the one client per process, queues and their names, sending, and what a

@@ -107,6 +107,7 @@ def service(log: logging.Logger | None = None) -> QueueServiceClient:
     global _service
     if _service is None:
         config = settings.load_settings()
+        encoding = codec.encoding()  # a bad value stops the script here, before any request
         if log is not None:
             for note in config.notes:
                 log.warning(note)
@@ -115,6 +116,11 @@ def service(log: logging.Logger | None = None) -> QueueServiceClient:
                 log.info(
                     f"{settings.CONNECTION_STRING_VAR} {missing}: using the local Azurite at "
                     f"127.0.0.1:{settings.AZURITE_PORT}"
+                )
+            if encoding == "base64":
+                log.info(
+                    f"messages are sent and read as Base64 ({settings.MESSAGE_ENCODING_VAR}="
+                    "base64), as an Azure Functions queue trigger expects"
                 )
         options: dict[str, Any] = {
             "retry_policy": _Retry(),

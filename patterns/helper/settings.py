@@ -1,7 +1,8 @@
 """Where the connection comes from: the environment, then `.env`, then the local Azurite.
 
 Also what is wrong with a connection string, in words that quote none of its values, and
-redaction for anything that must be printed. No SDK call is made here.
+redaction for anything that must be printed; and how message text is encoded (plain text, or
+Base64 for Azure Functions). No SDK call is made here.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ from pathlib import Path
 from dotenv import find_dotenv
 from dotenv.parser import parse_stream
 
+from patterns.helper import Fatal
+
 CONNECTION_STRING_VAR = "AZURE_STORAGE_CONNECTION_STRING"
 ACCOUNT_URL_VAR = "AZURE_STORAGE_ACCOUNT_URL"  # Entra ID sign-in (optional extra `entra`)
+MESSAGE_ENCODING_VAR = "AZURE_QUEUE_MESSAGE_ENCODING"  # text (default) or base64 (Functions)
+MESSAGE_ENCODINGS = ("text", "base64")
 AZURITE_PORT = 10001
 AZURITE_BLOB_PORT = 10000  # Azurite's usual blob port, beside the queue's (claim-check)
 # Azurite's well-known development account: public, documented, not a secret.
@@ -80,6 +85,29 @@ def load_settings(
         if url := (values.get(ACCOUNT_URL_VAR) or "").strip():
             return Settings("", source, account_url=url, notes=tuple(notes))
     return Settings(azurite_connection_string(), "default", notes=tuple(notes))
+
+
+def message_encoding(
+    environ: Mapping[str, str] | None = None, dotenv_file: str | Path | None = None
+) -> str:
+    """How message text is written and read: "text" (the default: JSON as it is) or "base64"
+    (what an Azure Functions queue trigger expects by default). The environment wins, then
+    `.env`; any other value is a Fatal, said in one line."""
+    places: list[tuple[str, Mapping[str, str]]] = [
+        ("environment", os.environ if environ is None else environ)
+    ]
+    path = str(dotenv_file) if dotenv_file is not None else find_dotenv(usecwd=True)
+    if path and Path(path).is_file():
+        places.append((path, read_dotenv(path)[0]))
+    for source, values in places:
+        if value := (values.get(MESSAGE_ENCODING_VAR) or "").strip():
+            if value.lower() in MESSAGE_ENCODINGS:
+                return value.lower()
+            raise Fatal(
+                f"{MESSAGE_ENCODING_VAR} in {_where(source)} is {value[:30]!r}: use text (the "
+                "default) or base64 (what an Azure Functions queue trigger expects)"
+            )
+    return "text"
 
 
 def read_dotenv(path: str | Path) -> tuple[dict[str, str], list[str]]:

@@ -32,6 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from patterns.helper import codec
+
 EXPORTER_VAR = "OTEL_TRACES_EXPORTER"
 FILE_VAR = "OTEL_TRACES_FILE"  # ours: where the jsonl exporter writes
 DEFAULT_FILE = "traces.jsonl"
@@ -214,7 +216,7 @@ def begin(message: Any, queue: str) -> Any:
 
     body: dict[str, Any] = {}
     try:  # never fail a message over its trace context: without one it starts a new trace
-        parsed = json.loads(message.content or "")
+        parsed = json.loads(codec.readable(message.content or "")[0])  # Base64 too
         body = parsed if isinstance(parsed, dict) else {}
     except (ValueError, RecursionError):
         pass

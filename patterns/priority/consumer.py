@@ -6,6 +6,7 @@ every higher one is empty; after any task it starts again from the top.
     python patterns/priority/consumer.py                       # levels high, normal, low
     python -m patterns.priority.consumer --levels high,normal  # the original hands-on's two levels
     python patterns/priority/consumer.py --starvation-guard 3  # normal gets a turn after 3 high
+    python patterns/priority/consumer.py --age-after 30        # waited 30 s: one level up
 
 Several consumers can run at once (they compete for the tasks of every level).
 """
@@ -15,6 +16,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections import Counter
+from datetime import datetime, timezone
+
+from azure.core.exceptions import HttpResponseError
+from azure.storage.queue import QueueMessage
 
 from patterns.helper import cli, codec, connect, consume
 
@@ -28,6 +33,24 @@ def levels(text: str) -> list[str]:
     return chosen
 
 
+def age(message: QueueMessage) -> float:
+    """Seconds since the task was sent: now (our clock) less its inserted_on (the service's
+    clock, whole seconds), so a clock that is off shifts it."""
+    if message.inserted_on is None:
+        return 0.0
+    return (datetime.now(timezone.utc) - message.inserted_on).total_seconds()
+
+
+def next_waited(inbox: consume.Inbox) -> float:
+    """How long the next task of a queue has waited (0: none, or the service did not answer -
+    the receive that follows says so). A peek: it takes nothing and counts no delivery."""
+    try:
+        head = next(iter(inbox.queue.peek_messages(max_messages=1)), None)
+    except (HttpResponseError, *connect.UNREACHABLE):
+        return 0.0
+    return age(head) if head is not None else 0.0
+
+
 def main() -> int:
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -38,6 +61,11 @@ def main() -> int:
     parser.add_argument(
         "--starvation-guard", type=cli.whole_number(least=0), default=0, metavar="N",
         help="after N top-level tasks in a row, let the next level go first once (0: off)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--age-after", type=cli.whole_number(least=0, most=7 * 24 * 3600), default=0,
+        metavar="SECONDS", help="a task that has waited longer is served as if one level "
+        "higher (ageing; 0: off)",
     )  # fmt: skip
     cli.add_consumer_arguments(parser, work_seconds=1.0)
     args = parser.parse_args()
@@ -59,9 +87,15 @@ def main() -> int:
             ))  # fmt: skip
         log.info(f"waiting for tasks; levels in order: {', '.join(args.levels)}")
         while not stop.requested:
-            order = args.levels
+            order = list(args.levels)
             if args.starvation_guard and streak >= args.starvation_guard and len(order) > 1:
                 order = [order[1], order[0], *order[2:]]  # the next level gets one turn first
+
+            if args.age_after:  # ageing: a task that has waited too long counts one level up
+                pairs = zip(args.levels[:-1], args.levels[1:], strict=True)  # (upper, lower)
+                for upper, lower in reversed(list(pairs)):  # bottom up: aged normal before aged low
+                    if next_waited(inbox[lower]) > args.age_after:
+                        order.insert(order.index(upper), lower)  # looked at before `upper`
 
             # The lesson: the highest level first; a lower one only if all above it are empty.
             for level in order:
@@ -79,7 +113,8 @@ def main() -> int:
                 with inbox[level].settle(message):  # delete on success; retry or poison
                     task = codec.parse_json(message)
                     task_id = codec.app_id(task)  # no usable id: a bad message, to poison
-                    log.info(f"took {task_id} from {level}: {task.get('text')}")
+                    waited = f" (waited {age(message):.0f} s)" if args.age_after else ""
+                    log.info(f"took {task_id} from {level}: {task.get('text')}{waited}")
                     stop.sleep(args.work_seconds)  # the work; Ctrl+C interrupts it
                     done[level] += 1
                     log.info(f"done {task_id}")

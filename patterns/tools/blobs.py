@@ -22,7 +22,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
-from patterns.helper import connect
+from patterns.helper import codec, connect
 from patterns.helper.consume import POISON_RECORDS_CONTAINER
 
 PAYLOADS_CONTAINER = "claim-check-payloads"  # the claim-check producer's default --container
@@ -54,7 +54,7 @@ def references(body: Any) -> set[str]:
     found: set[str] = set()
     if isinstance(body, str):
         try:
-            body = json.loads(body)
+            body = json.loads(codec.readable(body)[0])  # Base64 too (Azure Functions mode)
         except (ValueError, RecursionError):
             return found
     if not isinstance(body, dict):

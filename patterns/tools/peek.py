@@ -5,7 +5,8 @@
 
 This is the service's peek: nothing is received, hidden, deleted or counted as a delivery, so
 the queue is exactly as it was. Messages a consumer holds right now (invisible) are not shown.
-JSON bodies are pretty-printed; a poison record's `body` is unpacked too.
+JSON bodies are pretty-printed; a poison record's `body` is unpacked too. Base64 text (as an
+Azure Functions queue trigger expects) is shown decoded, and the header says so.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueMessage
 
-from patterns.helper import Fatal, cli, connect
+from patterns.helper import Fatal, cli, codec, connect
 
 
 def pretty(text: str) -> str:
@@ -28,18 +29,20 @@ def pretty(text: str) -> str:
         return text
     if isinstance(body, dict) and isinstance(body.get("body"), str) and "source_queue" in body:
         with contextlib.suppress(json.JSONDecodeError):  # show the original readably
-            body = {**body, "body": json.loads(body["body"])}
+            body = {**body, "body": json.loads(codec.readable(body["body"])[0])}
     return json.dumps(body, indent=2, ensure_ascii=False)
 
 
 def describe(n: int, message: QueueMessage) -> str:
     inserted = message.inserted_on.isoformat(timespec="seconds") if message.inserted_on else "?"
     expires = message.expires_on.isoformat(timespec="seconds") if message.expires_on else "?"
+    text, was_base64 = codec.readable(message.content or "")
     head = (
         f"--- {n}: message {message.id}  dequeue count {message.dequeue_count}  "
         f"inserted {inserted}  expires {expires}"
+        + ("  (Base64, shown decoded)" if was_base64 else "")
     )
-    return head + "\n" + pretty(message.content or "")
+    return head + "\n" + pretty(text)
 
 
 def main() -> int:

@@ -3,8 +3,9 @@
     python patterns/tools/redrive.py tasks-queue              # all of tasks-queue-poison
     python -m patterns.tools.redrive tasks-queue --count 2    # only the first 2
 
-Fix the cause first (the bug, the bad data), then redrive: each message goes back with its
-original body - the poison record's reason and counters are dropped - as a new message, so
+Fix the cause first (the bug, the bad data, AZURE_QUEUE_MESSAGE_ENCODING), then redrive: each
+message goes back with its original body, plain or Base64 as its sender wrote it, whatever the
+setting here - the poison record's reason and counters are dropped - as a new message, so
 consumers get --max-attempts fresh tries. Each message is sent to QUEUE first and deleted from
 the poison queue only then: stopped halfway (Ctrl+C, a crash), nothing is lost; at worst one
 message is in both queues. A record whose body was too big for it keeps the body in a blob
@@ -19,7 +20,7 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueMessage
 
-from patterns.helper import cli, connect, consume
+from patterns.helper import cli, codec, connect, consume
 
 RECORD_KEYS = {"reason", "source_queue", "dequeue_count", "poisoned_at", "message_id"}
 
@@ -29,7 +30,7 @@ def unwrap(text: str) -> tuple[str, dict[str, Any] | None]:
     its body read from a blob if it was too big for the record; (text, None) for anything
     else - e.g. a body that could not be stored either, kept as it was."""
     try:
-        record = json.loads(text)
+        record = json.loads(codec.readable(text)[0])  # written in base64 mode: Base64 itself
     except json.JSONDecodeError:
         return text, None
     if not (isinstance(record, dict) and record.keys() >= RECORD_KEYS):
@@ -45,7 +46,7 @@ def unwrap(text: str) -> tuple[str, dict[str, Any] | None]:
 def label(body: str, message: QueueMessage) -> str:
     """The application id of a body, if it has one, else the service's message id."""
     try:
-        data = json.loads(body)
+        data = json.loads(codec.readable(body)[0])
     except json.JSONDecodeError:
         data = None
     if isinstance(data, dict):
