@@ -214,3 +214,20 @@ def test_with_entra_sign_in_the_blob_service_is_the_queue_services_neighbour(mon
     monkeypatch.setattr(connect, "service", lambda log=None: SimpleNamespace(credential=credential))
     monkeypatch.setattr(connect, "_blob_service", None)
     assert connect.blob_service().url == "https://learner.blob.core.windows.net/"
+
+
+def test_in_base64_mode_claim_checks_work_and_are_no_orphans(start, env, service, blobs, qname):
+    """AZURE_QUEUE_MESSAGE_ENCODING=base64 (Azure Functions): the whole message is Base64 once
+    more, a 32 KiB inline payload still fits, and status still finds what refers to a blob."""
+    b64 = {**env, settings.MESSAGE_ENCODING_VAR: "base64"}
+    result = run_script(PRODUCER, "--queue", qname, "--count", "2", "--size", "32768", env=b64)
+    assert result.returncode == 0, result.stderr
+    result = run_script(PRODUCER, "--queue", qname, "--count", "1", "--size", "100000", env=b64)
+    assert result.returncode == 0, result.stderr
+    status = run_script(STATUS, "--prefix", qname, "--orphan-age", "0", env=b64)
+    assert f"blobs in {PAYLOADS_CONTAINER}: 1 (100000 bytes), 0 orphan(s)" in status.stdout
+    consumer = start(CONSUMER, "--queue", qname, "--work-seconds", "0", env_=b64)
+    consumer.wait_for(r"\] done ", count=3)
+    wait_until(lambda: not blob_names(blobs, PAYLOADS_CONTAINER, f"{qname}/"), 10, "blobs gone")
+    assert consumer.stop() == 0
+    assert len(consumer.matches(r"took \S+ \(32768 bytes inline\)")) == 2
