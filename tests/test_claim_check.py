@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import uuid
 from types import SimpleNamespace
 
 from azure.core.credentials import AzureNamedKeyCredential
@@ -231,3 +232,18 @@ def test_in_base64_mode_claim_checks_work_and_are_no_orphans(start, env, service
     wait_until(lambda: not blob_names(blobs, PAYLOADS_CONTAINER, f"{qname}/"), 10, "blobs gone")
     assert consumer.stop() == 0
     assert len(consumer.matches(r"took \S+ \(32768 bytes inline\)")) == 2
+
+
+def test_cleanup_deletes_a_tutorial_queues_blobs_with_it(env, service, blobs):
+    ns = f"t{uuid.uuid4().hex[:8]}-"  # a prefix of this test's own; the tutorial's name follows
+    queue = f"{ns}claim-check-queue"
+    produce(env, queue, "--count", "2")
+    [blob] = blob_names(blobs, PAYLOADS_CONTAINER, f"{queue}/")
+    dry = run_script(CLEANUP, "--prefix", ns, "--dry-run", env=env)
+    assert f"would delete: blob {PAYLOADS_CONTAINER}/{blob}" in dry.stdout
+    assert "dry run: 1 queue(s) and 1 blob(s) would be deleted" in dry.stdout
+    result = run_script(CLEANUP, "--prefix", ns, "--yes", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "deleted 1 queue(s) and 1 blob(s)" in result.stdout
+    assert blob_names(blobs, PAYLOADS_CONTAINER, f"{queue}/") == []
+    assert [q.name for q in service.list_queues(name_starts_with=ns)] == []

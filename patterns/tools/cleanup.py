@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.queue import QueueServiceClient
 
 from patterns.helper import Fatal, cli, connect
@@ -55,7 +55,7 @@ def main() -> int:
     )
     titles = {name: found[0].title for name in mine if (found := classify(name, args.prefix))}
     # The blobs of the tutorial's queues' messages (a queue's own name starts each blob's).
-    kept = [b for b in _blobs(svc, args.prefix) if classify(b.queue, args.prefix)]
+    kept = [b for b in _blobs(svc, args.prefix, log) if classify(b.queue, args.prefix)]
     others = len(listed) - len(mine)
     scope = f" starting with '{args.prefix}'" if args.prefix else ""
     left_alone = f"; {others} other queue(s) left alone" if others else ""
@@ -98,11 +98,17 @@ def main() -> int:
     return 0
 
 
-def _blobs(svc: QueueServiceClient, prefix: str, orphan_age: float = 0) -> list[blobs.Blob]:
-    """The tutorial's blobs; none when no blob service is configured (a queue-only SAS)."""
+def _blobs(
+    svc: QueueServiceClient, prefix: str, log: logging.Logger, orphan_age: float = 0
+) -> list[blobs.Blob]:
+    """The tutorial's blobs; none when no blob service is configured (a queue-only SAS) or it
+    cannot be listed (said in one line: the queues are cleaned up all the same)."""
     try:
         return blobs.tutorial_blobs(connect.blob_service(), svc, prefix, orphan_age)
     except Fatal:
+        return []
+    except (HttpResponseError, *connect.UNREACHABLE) as error:
+        log.warning(f"the blobs could not be listed ({connect.in_short(error)}); left as they are")
         return []
 
 
@@ -122,7 +128,7 @@ def delete_orphans(
     svc: QueueServiceClient, prefix: str, orphan_age: float, dry_run: bool, log: logging.Logger
 ) -> int:
     """--orphans: delete the blobs no message refers to (see blobs.py); queues stay as they are."""
-    found = _blobs(svc, prefix, orphan_age)
+    found = _blobs(svc, prefix, log, orphan_age)
     orphans = [blob for blob in found if blob.state == "orphan"]
     unsure = sum(blob.state == "unknown" for blob in found)
     not_sure = f"; {unsure} not sure, left alone (younger, or messages a peek cannot see)"
