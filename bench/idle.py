@@ -40,6 +40,8 @@ def scripts(setup: Setup) -> list[Script]:
          ["--prefix", q("fan-"), "--subscriber", "a"], [q("fan-a")]),
         ("priority/consumer.py", f"{P}.priority.consumer",
          ["--prefix", q("prio")], levels),
+        ("claim_check/consumer.py", f"{P}.claim_check.consumer",
+         ["--queue", q("claim")], [q("claim")]),
         ("load_leveling/autoscaler.py with --min 1 consumer", f"{P}.load_leveling.autoscaler",
          ["--queue", q("level")], [q("level")]),
         ("request_reply/requestor.py, its reply queue while it waits",
