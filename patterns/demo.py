@@ -392,6 +392,35 @@ def time_lesson(env: dict[str, str]) -> Row:
     return Row("delays, retry backoff", 2, 1 + len(records), seconds, ok, detail)
 
 
+def claim_check(env: dict[str, str]) -> Row:
+    """Six payloads, 2 KB and 200 KB in turn: the small ones travel inline, the big ones in a
+    blob; every one is processed once and the blob container is empty at the end."""
+    from azure.storage.blob import BlobServiceClient  # only this row needs blobs
+
+    count = 6
+    with stage(env) as s:
+        consumer = s.start("patterns.claim_check.consumer", "--work-seconds", "0", label="consumer")
+        consumer.wait_for("waiting for payloads")
+        started = time.perf_counter()
+        producer = s.start("patterns.claim_check.producer", "--count", str(count), label="producer")
+        producer_ok = producer.wait(60) == 0
+        consumer.wait_for(r"\] done claim-", timeout=60, count=count)
+        consumer.wait_for(r"\] deleted blob ", timeout=30, count=count // 2)
+        seconds = time.perf_counter() - started
+        exits = s.stop_all()[:1]
+    sent = [m.group(1) for m in producer.matches(r"sent (claim-\S+): ")]
+    done = [m.group(1) for m in consumer.matches(r"\] done (claim-\S+)")]
+    via_blob = len(consumer.matches(r"\] took claim-\S+ \(\d+ bytes from blob "))
+    container = BlobServiceClient.from_connection_string(
+        env[settings.CONNECTION_STRING_VAR]
+    ).get_container_client("claim-check-payloads")
+    left = len(list(container.list_blobs()))
+    ok = producer_ok and len(set(sent)) == count and sorted(done) == sorted(sent)
+    ok = ok and via_blob == count // 2 and left == 0 and exits == [0]
+    detail = f"{count - via_blob} inline, {via_blob} via a blob, {left} blob(s) left"
+    return Row("claim check", len(sent), len(done), seconds, ok, detail)
+
+
 def functions_interop(env: dict[str, str]) -> Row:
     """The producer and a consumer in base64 mode (the text an Azure Functions queue trigger
     reads): 5 tasks done; one task sent by the producer without the setting (plain text) goes
@@ -446,6 +475,7 @@ SCENARIOS: dict[str, Callable[[dict[str, str]], Row]] = {
     "request-reply": request_reply,
     "load-leveling": load_leveling,
     "time": time_lesson,
+    "claim-check": claim_check,
     "functions-interop": functions_interop,
 }
 

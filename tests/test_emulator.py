@@ -3,22 +3,32 @@ port that is already taken: by an Azurite (use it) or by another program (pick a
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 
 from support import assert_refused, learner_env, run_script
 
-from patterns.emulator import free_port
+from patterns.emulator import Azurite, free_port
 from patterns.helper.settings import CONNECTION_STRING_VAR
 
 EMULATOR = "patterns.emulator"
 PRODUCER = "patterns.competing_consumers.producer"
+CLAIM_CHECK = "patterns.claim_check.producer"
 
 
-def test_emulator_on_another_port_prints_the_line_that_points_the_scripts_at_it(start, qname):
+def test_emulator_on_other_ports_prints_the_line_that_points_the_scripts_at_it(start, qname):
     port = free_port()
-    emulator = start(EMULATOR, "--in-memory", "--port", str(port), env_=learner_env())
-    emulator.wait_for(f"ready on http://127.0.0.1:{port}/devstoreaccount1", timeout=30)
+    blob_port = free_port(besides=port)
+    emulator = start(
+        EMULATOR, "--in-memory", "--port", str(port), "--blob-port", str(blob_port),
+        env_=learner_env(),
+    )  # fmt: skip
+    emulator.wait_for(
+        f"queue service ready on http://127.0.0.1:{port}/devstoreaccount1, blob service on "
+        f"http://127.0.0.1:{blob_port}/devstoreaccount1",
+        timeout=30,
+    )
     [bash] = emulator.wait_for(rf'^  export {CONNECTION_STRING_VAR}="(.+)"$')
     emulator.wait_for(rf'^  \$env:{CONNECTION_STRING_VAR}="{re.escape(bash[1])}"$')
     # The line works: with it, a script reaches this emulator.
@@ -26,14 +36,41 @@ def test_emulator_on_another_port_prints_the_line_that_points_the_scripts_at_it(
     result = run_script(PRODUCER, "--queue", qname, "--count", "1", env=env)
     assert result.returncode == 0, result.stderr
     assert f"sent 1 tasks to '{qname}'" in result.stdout
+    # ... and its blob service too (claim-check): a big payload goes there.
+    result = run_script(CLAIM_CHECK, "--queue", qname, "--count", "1", "--size", "100000", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "100000 bytes in blob claim-check-payloads/" in result.stdout
     assert emulator.stop() == 0
+    emulator.wait_for("Azurite Blob service successfully closed")  # both stopped, by their PIDs
+    emulator.wait_for("Azurite Queue service successfully closed")
+
+
+def test_emulator_stopped_stops_both_services(tmp_path):
+    with Azurite(log_path=tmp_path / "azurite.log") as emulator:
+        pids = [emulator.process.pid, emulator.blob_process.pid]
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"process {pid} still runs")
 
 
 def test_port_taken_by_an_azurite_says_use_it(azurite):
-    result = run_script(EMULATOR, "--in-memory", "--port", str(azurite.port), timeout=30)
+    ports = ("--port", str(azurite.port), "--blob-port", str(azurite.blob_port))
+    result = run_script(EMULATOR, "--in-memory", *ports, timeout=30)
     assert_refused(result, f"port {azurite.port} is already in use by an Azurite")
     assert "use it" in result.stderr
     assert f'export {CONNECTION_STRING_VAR}="{azurite.connection_string}"' in result.stdout
+
+
+def test_blob_port_taken_by_another_program_says_how_to_pick_another(web_port):
+    port = free_port()
+    result = run_script(
+        EMULATOR, "--in-memory", "--port", str(port), "--blob-port", str(web_port), timeout=30
+    )
+    assert_refused(result, f"port {web_port} is already in use by another program")
+    assert re.search(r"`python -m patterns.emulator --blob-port \d+`", result.stderr)
 
 
 def test_port_taken_by_another_program_says_how_to_pick_another(web_port):

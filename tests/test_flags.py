@@ -68,13 +68,14 @@ def consumer_flags(module: str, *before: str, work: bool = True) -> list[Case]:
     return [Case(module, flag, value, before) for flag, value in rows]
 
 
-CC, FO, PR, PF, RR, LL, TOOLS = (
+CC, FO, PR, PF, RR, LL, CK, TOOLS = (
     "patterns.competing_consumers",
     "patterns.fanout",
     "patterns.priority",
     "patterns.pipes_and_filters",
     "patterns.request_reply",
     "patterns.load_leveling",
+    "patterns.claim_check",
     "patterns.tools",
 )
 SUBSCRIBER = ("--subscriber", "a")
@@ -138,12 +139,22 @@ CASES: list[Case] = [
     Case(f"{LL}.autoscaler", "--interval", "301"),
     Case(f"{LL}.autoscaler", "--cooldown", "-1"),
     Case(f"{LL}.autoscaler", "--work-seconds", "nan"),
+    Case(f"{CK}.producer", "--queue", CONSUMED),
+    Case(f"{CK}.producer", "--count", "0"),
+    Case(f"{CK}.producer", "--size", "0"),
+    Case(f"{CK}.producer", "--size", str(256 * 1024 * 1024 + 1)),
+    Case(f"{CK}.producer", "--threshold", "-1"),
+    Case(f"{CK}.producer", "--threshold", str(45 * 1024 + 1)),  # inline, it would not fit
+    Case(f"{CK}.consumer", "--queue", CONSUMED),
+    *consumer_flags(f"{CK}.consumer"),
     Case(f"{TOOLS}.peek", "queue", "Bad_Name"),
     Case(f"{TOOLS}.peek", "--count", "0", ("tasks-queue",)),
     Case(f"{TOOLS}.peek", "--count", "33", ("tasks-queue",)),
     Case(f"{TOOLS}.redrive", "queue", CONSUMED),
     Case(f"{TOOLS}.redrive", "--count", "0", ("tasks-queue",)),
     Case(f"{TOOLS}.status", "--interval", "0"),
+    Case(f"{TOOLS}.status", "--orphan-age", "-1"),
+    Case(f"{TOOLS}.cleanup", "--orphan-age", "-1"),
     Case(f"{TOOLS}.journey", "--slowest", "0"),
     Case("bench.throughput", "--count", "0"),
     Case("bench.latency", "--samples", "0"),
@@ -152,6 +163,8 @@ CASES: list[Case] = [
     Case("patterns.demo", "--only", "nothing"),
     Case("patterns.emulator", "--port", "0"),
     Case("patterns.emulator", "--port", "65536"),
+    Case("patterns.emulator", "--blob-port", "0"),
+    Case("patterns.emulator", "--blob-port", "65536"),
 ]
 
 

@@ -214,7 +214,7 @@ def test_poison_and_rejected_records_never_expire(start, env, service, qname):
     assert validate.stop() == 0
 
 
-def test_a_forward_over_64_kib_is_poisoned_at_once(start, service, qname):
+def test_a_forward_over_64_kib_is_poisoned_at_once(start, service, blobs, qname):
     """An order that fits but would not fit once enriched cannot be forwarded,
     however often it is retried: poisoned on its first delivery, with the reason."""
     q = pipes(qname)
@@ -227,9 +227,12 @@ def test_a_forward_over_64_kib_is_poisoned_at_once(start, service, qname):
     send(service, q.enrich, json.dumps({"order_id": "ORD-small", "amount": 1, "items": ["a"]}))
     enrich.wait_for(r"moved message \S+ \(order_id ORD-big\) to '.*-poison': message is \d+ bytes")
     enrich.wait_for("enriched ORD-small")
-    # The poison record's wrapper would not fit either: the body is kept as it was.
-    [kept] = map(json.loads, peek_bodies(service, f"{q.enrich}-poison"))
-    assert kept == order
+    # The poison record would not fit either: it keeps its reason, its body goes to a blob.
+    [record] = map(json.loads, peek_bodies(service, f"{q.enrich}-poison"))
+    assert record["reason"].startswith("message is ") and "body" not in record
+    where = record["body_blob"]
+    kept = blobs.get_blob_client(where["container"], where["blob"]).download_blob().readall()
+    assert json.loads(kept) == order
     assert not enrich.matches("attempt 1 of 5 failed"), "poisoned on its first delivery"
     assert [json.loads(b)["order_id"] for b in peek_bodies(service, q.finalize)] == ["ORD-small"]
     assert enrich.stop() == 0

@@ -114,6 +114,8 @@ QUEUE_OPTION = {
     "request_reply/replier.py": "--queue",
     "load_leveling/producer.py": "--queue",
     "load_leveling/autoscaler.py": "--queue",
+    "claim_check/producer.py": "--queue",
+    "claim_check/consumer.py": "--queue",
 }
 
 
@@ -215,6 +217,7 @@ PATTERNS = [
     "pipes-and-filters",
     "request-reply",
     "load-leveling",
+    "claim-check",
     "functions",
 ]
 

@@ -9,7 +9,8 @@ One concern a file; each reads alone and imports only the ones above it in this 
     tracing.py   optional OpenTelemetry tracing of a message's journey: hooks that connect
                  and consume call, doing nothing (importing nothing) unless switched on
     connect.py   the one client per process, queues and their names, sending, and what a
-                 script says when the service is unreachable, refuses it, or is away
+                 script says when the service is unreachable, refuses it, or is away; the
+                 blob client beside it (claim-check payloads), from the same settings
     cli.py       script plumbing: the log format, Ctrl+C, the argument parser with its range
                  types, the consumer flags and their defaults, run() for one-line errors
     consume.py   receiving and settling: Inbox (receive, settle = delete / retry / poison /

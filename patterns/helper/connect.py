@@ -1,4 +1,5 @@
-"""The queue service: the one client per process, queues and their names, sending.
+"""The queue service: the one client per process, queues and their names, sending; and the
+blob service beside it (claim-check payloads), from the same settings.
 
 Also what a script says when the service cannot be reached, refuses it or is not a queue
 service at all (`explain`, for cli.run), and the one warning per outage a consumer gives.
@@ -14,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 from xml.etree.ElementTree import ParseError
 
@@ -31,6 +32,9 @@ from azure.core.exceptions import (
 from azure.storage.queue import LinearRetry, QueueClient, QueueMessage, QueueServiceClient
 
 from patterns.helper import Fatal, codec, settings, tracing
+
+if TYPE_CHECKING:  # imported on first use: only the claim-check lesson needs blobs
+    from azure.storage.blob import BlobServiceClient, ContainerClient
 
 # --- queue names ----------------------------------------------------------------------------
 
@@ -188,6 +192,82 @@ def open_queue(name: str, log: logging.Logger | None = None) -> QueueClient:
             continue
         return queue
     raise Fatal(f"queue '{name}' is still being deleted; try again in a minute")
+
+
+# --- blobs (claim-check) ---------------------------------------------------------------------
+
+_blob_service: BlobServiceClient | None = None
+
+
+def blob_service(log: logging.Logger | None = None) -> BlobServiceClient:
+    """The blob service client for this process, from the same settings as the queues': the
+    connection string's BlobEndpoint, or with Entra ID the account URL's `.queue.` made
+    `.blob.`. Same short timeouts and retries as the queue client."""
+    global _blob_service
+    if _blob_service is None:
+        from azure.storage.blob import BlobServiceClient
+        from azure.storage.blob import LinearRetry as BlobRetry
+
+        queues = service(log)  # first: it checks the settings and says where they came from
+        config = settings.load_settings()
+        options: dict[str, Any] = {
+            "retry_policy": BlobRetry(
+                backoff=0.5, random_jitter_range=0.2, retry_total=3, retry_read=1
+            ),
+            "connection_timeout": CONNECT_TIMEOUT,
+            "read_timeout": READ_TIMEOUT,
+        }
+        if config.account_url:
+            url = config.account_url.replace(".queue.", ".blob.", 1)
+            if url == config.account_url:
+                raise Fatal(
+                    f"{settings.ACCOUNT_URL_VAR} has no '.queue.' to make the blob service's "
+                    "address from (https://<account>.queue.core.windows.net)"
+                )
+            _blob_service = BlobServiceClient(url, credential=queues.credential, **options)
+        else:
+            names = {
+                part.split("=", 1)[0].strip().lower()
+                for part in config.connection_string.split(";")
+            }
+            if "queueendpoint" in names and "blobendpoint" not in names:
+                raise Fatal(
+                    f"{settings.CONNECTION_STRING_VAR} names a QueueEndpoint but no BlobEndpoint: "
+                    "the claim-check lesson needs the blob service too (`make emulator` prints "
+                    "a connection string with both)"
+                )
+            _blob_service = BlobServiceClient.from_connection_string(
+                config.connection_string, **options
+            )
+    return _blob_service
+
+
+def blob_container(name: str, log: logging.Logger | None = None) -> ContainerClient:
+    """A client for blob container `name` (the same naming rules as a queue's), creating it
+    if it does not exist yet, so scripts can be started in any order."""
+    if not (3 <= len(name) <= 63 and QUEUE_NAME.match(name)):
+        raise Fatal(
+            f"invalid blob container name {name!r}: use 3-63 lowercase letters, digits and "
+            "single hyphens, starting and ending with a letter or digit"
+        )
+    container = blob_service(log).get_container_client(name)
+    try:
+        container.create_container()
+        if log is not None:
+            log.info(f"created blob container '{name}'")
+    except ResourceExistsError as error:
+        if error.error_code == "ContainerBeingDeleted":
+            raise Fatal(
+                f"blob container '{name}' is still being deleted; try again in a minute"
+            ) from None
+    except UNREACHABLE:
+        where = urlsplit(container.url)
+        raise Fatal(
+            f"cannot reach the blob service at {where.scheme}://{where.netloc} - is the emulator "
+            "running with its blob service (`make emulator`)? (or check "
+            f"{settings.CONNECTION_STRING_VAR})"
+        ) from None
+    return container
 
 
 # --- when the service is not there ---------------------------------------------------------

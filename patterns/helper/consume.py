@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from queue import SimpleQueue
 from typing import Any
@@ -19,6 +20,19 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.queue import QueueClient, QueueMessage
 
 from patterns.helper import BadMessage, Fatal, cli, codec, connect, tracing
+
+# Poison records too big for a message keep their reason: the body goes to a blob here, named
+# <queue>-poison/<message id>, and the record in <queue>-poison refers to it (body_blob).
+POISON_RECORDS_CONTAINER = "poison-records"
+
+
+@dataclass
+class Settled:
+    """What settle() did with a message, for work that must follow it (claim-check: delete
+    the payload's blob only once its message is gone). `deleted`: the work succeeded and the
+    message is deleted, so it will not come back."""
+
+    deleted: bool = False
 
 
 class Inbox:
@@ -144,7 +158,7 @@ class Inbox:
         return messages
 
     @contextmanager
-    def settle(self, message: QueueMessage) -> Iterator[None]:
+    def settle(self, message: QueueMessage) -> Iterator[Settled]:
         """Run the `with` block as the work for `message`, then settle it:
 
         - success: delete it;
@@ -157,14 +171,16 @@ class Inbox:
         - Ctrl+C (cli.Interrupted): release it so another consumer can take it at once.
 
         While the block runs, the message's visibility timeout is extended again and again,
-        so that long work is not handed to a second consumer.
+        so that long work is not handed to a second consumer. `with inbox.settle(m) as s:`
+        gives a Settled whose `deleted` says, after the block, whether the message is gone.
         """
         self._keeper.keep(message)
         span = tracing.begin(message, self.name)  # tracing: receive -> work -> settle
+        settled = Settled()
         try:
             try:
                 with tracing.active(span):
-                    yield
+                    yield settled
             finally:
                 self._keeper.drop(message)  # from here on, message.pop_receipt is final
         except cli.Interrupted:
@@ -194,7 +210,7 @@ class Inbox:
             tracing.end(span, "released")
             raise
         else:
-            self.delete(message)
+            settled.deleted = self.delete(message)
             tracing.end(span, "done")
 
     def _let_go(self, message: QueueMessage) -> None:
@@ -202,9 +218,9 @@ class Inbox:
         with self._lock:
             self._held.pop(message.id, None)
 
-    def delete(self, message: QueueMessage) -> None:
-        """Delete a message whose work is done. Never raises: a message that could not be
-        deleted is delivered again (at-least-once), and the line says so."""
+    def delete(self, message: QueueMessage) -> bool:
+        """Delete a message whose work is done; True if it is gone. Never raises: a message
+        that could not be deleted is delivered again (at-least-once), and the line says so."""
         self._let_go(message)
         try:
             self.queue.delete_message(message.id, message.pop_receipt)
@@ -214,12 +230,14 @@ class Inbox:
                     f"{codec.describe(message)} was no longer ours to delete (its visibility "
                     "timeout ran out); another consumer may process it again"
                 )
-                return
+                return False
             connect.outage.noticed(self.log, error)
             self.log.warning(
                 f"could not delete {codec.describe(message)}: {connect.in_short(error)}; "
                 "it will be delivered again"
             )
+            return False
+        return True
 
     def retry_later(self, message: QueueMessage) -> str:
         """Make a failed message visible again after an exponential backoff (1, 2, 4, 8 s...
@@ -259,8 +277,8 @@ class Inbox:
         }
         try:
             text = codec.encode(record)
-        except codec.Unsendable:
-            text = message.content  # the wrapper would not fit: keep the body, log the reason
+        except codec.Unsendable:  # the record would not fit: its body goes to a blob
+            text = self._record_with_body_in_blob(record, message)
         try:
             with self._poison_lock:
                 if self._poison is None:
@@ -277,6 +295,24 @@ class Inbox:
         self.delete(message)
         where = f"{self.name}{connect.POISON_SUFFIX}"
         self.log.warning(f"moved {codec.describe(message)} to '{where}': {reason}")
+
+    def _record_with_body_in_blob(self, record: dict[str, Any], message: QueueMessage) -> str:
+        """A poison record whose body is in a blob (claim-check), so the reason stays with it.
+        If the blob service cannot take it, the bare body (nothing lost; the reason is logged)."""
+        name = f"{self.name}{connect.POISON_SUFFIX}/{message.id}"
+        body = message.content or ""
+        try:
+            container = connect.blob_container(POISON_RECORDS_CONTAINER, self.log)
+            container.upload_blob(name, body.encode("utf-8"), overwrite=True)
+        except (Fatal, HttpResponseError, *connect.UNREACHABLE) as error:
+            self.log.warning(
+                f"could not store the body of {codec.describe(message)} in a blob "
+                f"({connect.in_short(error)}); its poison copy is the bare body"
+            )
+            return body
+        del record["body"]
+        record["body_blob"] = {"container": POISON_RECORDS_CONTAINER, "blob": name}
+        return codec.encode(record)
 
 
 def _not_ours(error: BaseException) -> bool:

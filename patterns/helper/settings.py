@@ -25,6 +25,7 @@ ACCOUNT_URL_VAR = "AZURE_STORAGE_ACCOUNT_URL"  # Entra ID sign-in (optional extr
 MESSAGE_ENCODING_VAR = "AZURE_QUEUE_MESSAGE_ENCODING"  # text (default) or base64 (Functions)
 MESSAGE_ENCODINGS = ("text", "base64")
 AZURITE_PORT = 10001
+AZURITE_BLOB_PORT = 10000  # Azurite's usual blob port, beside the queue's (claim-check)
 # Azurite's well-known development account: public, documented, not a secret.
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = (
@@ -48,10 +49,13 @@ def _where(source: str) -> str:
     return "the environment" if source == "environment" else source
 
 
-def azurite_connection_string(port: int = AZURITE_PORT, host: str = "127.0.0.1") -> str:
+def azurite_connection_string(
+    port: int = AZURITE_PORT, host: str = "127.0.0.1", blob_port: int = AZURITE_BLOB_PORT
+) -> str:
     return (
         f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
         f"QueueEndpoint=http://{host}:{port}/{AZURITE_ACCOUNT};"
+        f"BlobEndpoint=http://{host}:{blob_port}/{AZURITE_ACCOUNT};"
     )
 
 

@@ -1,21 +1,26 @@
-"""Clean-up: delete the tutorial's queues, to start the walkthrough afresh.
+"""Clean-up: delete the tutorial's queues and blobs, to start the walkthrough afresh.
 
     python patterns/tools/cleanup.py              # lists them, asks, then deletes
     python -m patterns.tools.cleanup --dry-run    # only lists
     make cleanup ARGS=--yes                       # deletes without asking
+    make cleanup ARGS=--orphans   # only orphan blobs (no message needs them: not asked); no queue
 
 It deletes only queues the tutorial uses (patterns/tools/queues.py): the patterns' queue names
-and prefixes, their poison queues and leftover reply- queues. Any other queue in the account
-is left alone. Deleting a queue deletes its messages.
+and prefixes, their poison queues and leftover reply- queues; and the blobs of those queues'
+messages (claim-check payloads, big poison records: patterns/tools/blobs.py). Any other queue
+in the account is left alone. Deleting a queue deletes its messages.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.storage.queue import QueueServiceClient
 
 from patterns.helper import Fatal, cli, connect
+from patterns.tools import blobs
 from patterns.tools.queues import classify, sort_key
 
 
@@ -30,9 +35,18 @@ def main() -> int:
         help="only queues whose names start with TEXT (tutorial names may follow it, e.g. "
         "--prefix alice- also matches alice-tasks-queue)",
     )
+    parser.add_argument(
+        "--orphans", action="store_true", help="delete only orphan blobs (status shows them)"
+    )
+    parser.add_argument(
+        "--orphan-age", type=cli.seconds(most=7 * 24 * 3600), default=blobs.ORPHAN_AGE,
+        metavar="SECONDS", help="with --orphans: a blob no message refers to, once this old",
+    )  # fmt: skip
     args = parser.parse_args()
     log = cli.logger("cleanup")
     svc = connect.service(log)
+    if args.orphans:
+        return delete_orphans(svc, args.prefix, args.orphan_age, args.dry_run, log)
 
     listed = [q.name for q in svc.list_queues(name_starts_with=args.prefix or None)]
     mine = sorted(
@@ -40,20 +54,30 @@ def main() -> int:
         key=lambda name: sort_key(name, args.prefix),
     )
     titles = {name: found[0].title for name in mine if (found := classify(name, args.prefix))}
+    # The blobs of the tutorial's queues' messages (a queue's own name starts each blob's).
+    kept = [b for b in _blobs(svc, args.prefix, log) if classify(b.queue, args.prefix)]
     others = len(listed) - len(mine)
     scope = f" starting with '{args.prefix}'" if args.prefix else ""
     left_alone = f"; {others} other queue(s) left alone" if others else ""
-    if not mine:
+    if not mine and not kept:
         log.info(f"no tutorial queues{scope} to delete{left_alone}")
         return 0
     for name in mine:
         log.info(f"{'would delete' if args.dry_run else 'to delete'}: {name}  ({titles[name]})")
+    for blob in kept:
+        log.info(f"{'would delete' if args.dry_run else 'to delete'}: blob {blob.path}")
+    blobs_too = f" and {len(kept)} blob(s)" if kept else ""
     if args.dry_run:
-        log.info(f"dry run: {len(mine)} queue(s) would be deleted{left_alone}; nothing deleted")
+        log.info(
+            f"dry run: {len(mine)} queue(s){blobs_too} would be deleted{left_alone}; "
+            "nothing deleted"
+        )
         return 0
     if not args.yes:
         try:
-            answer = input(f"Delete these {len(mine)} queue(s) and their messages? [y/N] ")
+            answer = input(
+                f"Delete these {len(mine)} queue(s) and their messages{blobs_too}? [y/N] "
+            )
         except EOFError:
             print(file=sys.stdout)
             raise Fatal("no answer (no terminal?): add --yes to delete without asking") from None
@@ -69,7 +93,52 @@ def main() -> int:
             log.info(f"deleted {name}")
         except ResourceNotFoundError:
             log.info(f"{name} was already gone")
-    log.info(f"deleted {deleted} queue(s){left_alone}")
+    gone = _delete_blobs(kept, log)
+    log.info(f"deleted {deleted} queue(s){f' and {gone} blob(s)' if kept else ''}{left_alone}")
+    return 0
+
+
+def _blobs(
+    svc: QueueServiceClient, prefix: str, log: logging.Logger, orphan_age: float = 0
+) -> list[blobs.Blob]:
+    """The tutorial's blobs; none when no blob service is configured (a queue-only SAS) or it
+    cannot be listed (said in one line: the queues are cleaned up all the same)."""
+    try:
+        return blobs.tutorial_blobs(connect.blob_service(), svc, prefix, orphan_age)
+    except Fatal:
+        return []
+    except (HttpResponseError, *connect.UNREACHABLE) as error:
+        log.warning(f"the blobs could not be listed ({connect.in_short(error)}); left as they are")
+        return []
+
+
+def _delete_blobs(found: list[blobs.Blob], log: logging.Logger) -> int:
+    deleted = 0
+    for blob in found:
+        try:
+            connect.blob_service().get_blob_client(blob.container, blob.name).delete_blob()
+            deleted += 1
+            log.info(f"deleted blob {blob.path}")
+        except ResourceNotFoundError:
+            log.info(f"blob {blob.path} was already gone")
+    return deleted
+
+
+def delete_orphans(
+    svc: QueueServiceClient, prefix: str, orphan_age: float, dry_run: bool, log: logging.Logger
+) -> int:
+    """--orphans: delete the blobs no message refers to (see blobs.py); queues stay as they are."""
+    found = _blobs(svc, prefix, log, orphan_age)
+    orphans = [blob for blob in found if blob.state == "orphan"]
+    unsure = sum(blob.state == "unknown" for blob in found)
+    not_sure = f"; {unsure} not sure, left alone (younger, or messages a peek cannot see)"
+    for blob in orphans:
+        log.info(f"{'would delete' if dry_run else 'to delete'}: orphan blob {blob.path}")
+    if dry_run:
+        log.info(f"dry run: {len(orphans)} orphan blob(s) would be deleted; nothing deleted")
+        return 0
+    gone = _delete_blobs(orphans, log)
+    log.info(f"deleted {gone} orphan blob(s){not_sure if unsure else ''}")
     return 0
 
 

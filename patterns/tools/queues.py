@@ -37,6 +37,7 @@ PATTERNS: tuple[Pattern, ...] = (
     ),
     Pattern("request/reply", names=("request-queue",), prefixes=("reply-",)),
     Pattern("load levelling", names=("tasks-leveling",)),
+    Pattern("claim check", names=("claim-check-queue",)),
 )
 
 

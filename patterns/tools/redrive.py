@@ -8,7 +8,8 @@ message goes back with its original body, plain or Base64 as its sender wrote it
 setting here - the poison record's reason and counters are dropped - as a new message, so
 consumers get --max-attempts fresh tries. Each message is sent to QUEUE first and deleted from
 the poison queue only then: stopped halfway (Ctrl+C, a crash), nothing is lost; at worst one
-message is in both queues.
+message is in both queues. A record whose body was too big for it keeps the body in a blob
+(claim-check): the body is read back from there, and the blob deleted once the message moved.
 """
 
 from __future__ import annotations
@@ -21,19 +22,24 @@ from azure.storage.queue import QueueMessage
 
 from patterns.helper import cli, codec, connect, consume
 
-RECORD_KEYS = {"reason", "source_queue", "dequeue_count", "poisoned_at", "message_id", "body"}
+RECORD_KEYS = {"reason", "source_queue", "dequeue_count", "poisoned_at", "message_id"}
 
 
 def unwrap(text: str) -> tuple[str, dict[str, Any] | None]:
-    """(original body, poison record) for a poison message written by consume.Inbox.poison;
-    (text, None) for anything else - e.g. a body too big for the record, kept as it was."""
+    """(original body, poison record) for a poison message written by consume.Inbox.poison,
+    its body read from a blob if it was too big for the record; (text, None) for anything
+    else - e.g. a body that could not be stored either, kept as it was."""
     try:
         record = json.loads(codec.readable(text)[0])  # written in base64 mode: Base64 itself
     except json.JSONDecodeError:
         return text, None
-    is_record = isinstance(record, dict) and record.keys() >= RECORD_KEYS
-    if is_record and isinstance(record["body"], str):
+    if not (isinstance(record, dict) and record.keys() >= RECORD_KEYS):
+        return text, None
+    if isinstance(record.get("body"), str):
         return record["body"], record
+    if isinstance(where := record.get("body_blob"), dict):
+        blob = connect.blob_service().get_blob_client(where["container"], where["blob"])
+        return blob.download_blob().readall().decode("utf-8"), record
     return text, None
 
 
@@ -87,14 +93,22 @@ def main() -> int:
             for message in batch:
                 if stop.requested:
                     break
-                body, record = unwrap(message.content or "")
+                try:
+                    body, record = unwrap(message.content or "")
+                except ResourceNotFoundError:  # its body's blob was deleted by someone
+                    log.warning(f"message {message.id}: its body's blob is gone; left as it is")
+                    continue
                 if record is not None and record["source_queue"] != args.queue:
                     log.warning(
                         f"message {message.id} came from '{record['source_queue']}', "
                         f"not '{args.queue}'; moving it to '{args.queue}' as asked"
                     )
                 target.send_message(body)  # first the copy ...
-                poisoned.delete(message)  # ... then the original: an interruption loses nothing
+                # ... then the original (and a body's blob): an interruption loses nothing
+                if poisoned.delete(message) and record is not None and "body_blob" in record:
+                    where = record["body_blob"]
+                    blob = connect.blob_service().get_blob_client(where["container"], where["blob"])
+                    blob.delete_blob()
                 moved += 1
                 why = f" (it had failed: {record['reason']})" if record is not None else ""
                 log.info(f"moved {label(body, message)} back to '{args.queue}'{why}")

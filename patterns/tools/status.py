@@ -8,7 +8,9 @@ consumers run (Ctrl+C stops it):
 
 `messages` is the service's approximate message count: it includes the invisible ones, held
 by a consumer or delayed (--delay). `visible` is what a peek sees now (up to 32): the ones a
-consumer could take at once. Works against Azurite and a real account alike.
+consumer could take at once. Below the queues: the blobs the claim-check lesson keeps, and the
+orphans among them (patterns/tools/blobs.py says what counts as one). Works against Azurite
+and a real account alike.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from datetime import datetime
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.queue import QueueServiceClient
 
-from patterns.helper import cli, connect
+from patterns.helper import Fatal, cli, connect
+from patterns.tools import blobs
 from patterns.tools.queues import classify, is_poison, sort_key, source_queue
 
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
@@ -117,6 +120,32 @@ def _visible(row: Row) -> str:
     return f"{row.visible}+" if row.visible == connect.MAX_BATCH else str(row.visible)
 
 
+def blob_lines(svc: QueueServiceClient, prefix: str, orphan_age: float) -> str:
+    """A line per blob container in use (count, bytes, orphans), a line per orphan; "" when
+    there are none, or no blob service is configured (e.g. a queue-only SAS)."""
+    try:
+        found = blobs.tutorial_blobs(connect.blob_service(), svc, prefix, orphan_age)
+    except (Fatal, HttpResponseError, *connect.UNREACHABLE):
+        return ""
+    out = []
+    for container in blobs.CONTAINERS:
+        mine = [blob for blob in found if blob.container == container]
+        if mine:
+            orphans = [blob for blob in mine if blob.state == "orphan"]
+            unknown = sum(blob.state == "unknown" for blob in mine)
+            out.append(
+                f"blobs in {container}: {len(mine)} ({sum(b.size for b in mine)} bytes), "
+                f"{len(orphans)} orphan(s)" + (f", {unknown} not sure" if unknown else "")
+            )
+            out += [f"  orphan: {b.name}  {b.size} bytes, {b.age:.0f} s old" for b in orphans]
+    if out:
+        out.append(
+            f"(orphan: no message refers to it, over {orphan_age:g} s old; not sure: younger, "
+            "or its queue holds messages a peek cannot see; `cleanup --orphans` removes orphans)"
+        )
+    return "".join(line + "\n" for line in out)
+
+
 def main() -> int:
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--watch", action="store_true", help="redraw every second until Ctrl+C")
@@ -133,13 +162,20 @@ def main() -> int:
         metavar="SECONDS",
         help=argparse.SUPPRESS,
     )
+    parser.add_argument(
+        "--orphan-age", type=cli.seconds(most=7 * 24 * 3600), default=blobs.ORPHAN_AGE,
+        metavar="SECONDS", help="a blob no message refers to is an orphan once this old",
+    )  # fmt: skip
     args = parser.parse_args()
     log = cli.logger("status")
     # A failing peek is shown as '?'; the SDK would also print its multi-line traceback.
     logging.getLogger("azure.storage.queue").setLevel(logging.ERROR)
     svc = connect.service(log)
     endpoint = connect.endpoint()  # without a SAS token
-    print(render(rows(counts(svc, args.prefix), args.prefix), endpoint, args.prefix), end="")
+    found = rows(counts(svc, args.prefix), args.prefix)
+    print(
+        render(found, endpoint, args.prefix) + blob_lines(svc, args.prefix, args.orphan_age), end=""
+    )
     if not args.watch:
         return 0
 
@@ -150,6 +186,7 @@ def main() -> int:
     while not stop.wait(args.interval):
         try:
             frame = render(rows(counts(svc, args.prefix), args.prefix), endpoint, args.prefix)
+            frame += blob_lines(svc, args.prefix, args.orphan_age)
         except (*connect.UNREACHABLE, HttpResponseError) as error:
             if isinstance(error, connect.UNREACHABLE):
                 reason = connect.unreachable_message()
