@@ -28,10 +28,10 @@ test: lint
 demo: setup
 	$(PY) -m patterns.demo
 
-# Throughput against the raw SDK ceiling, then latency (each on its own in-memory Azurite).
+# Every script against the raw SDK ceiling, idle costs and latencies: one table, written to
+# BENCHMARKS.md (~5 minutes; fresh in-memory Azurites). ARGS="--account": the configured account.
 bench: setup
-	$(PY) -m bench.throughput
-	$(PY) -m bench.latency
+	$(PY) -m bench $(ARGS)
 
 # Options in ARGS too, e.g. `make emulator ARGS="--port 10002"`.
 emulator: setup

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -102,6 +103,42 @@ def competing_consumers(env: dict[str, str]) -> Row:
     )
     detail = f"{busy} of {consumers} consumers shared the work"
     return Row("competing consumers", len(sent), len(done), seconds, ok, detail)
+
+
+def concurrency(env: dict[str, str]) -> Row:
+    """One consumer with --concurrency 4 and 8 tasks of 1 s: 4 in work at once (never more),
+    every task done once, in about 2 s instead of 8."""
+    count, queue = 8, "tasks-at-once"
+    with stage(env) as s:
+        consumer = s.start(
+            "patterns.competing_consumers.consumer",
+            *("--queue", queue, "--concurrency", "4", "--work-seconds", "1"),
+            *("--batch-size", "32", "--idle-max", "0.2"),
+            label="consumer",
+        )
+        consumer.wait_for(r"waiting for tasks")
+        producer = s.start(
+            "patterns.competing_consumers.producer",
+            *("--queue", queue, "--count", str(count)),
+            label="producer",
+        )
+        producer_ok = producer.wait(60) == 0
+        sent = {m.group(1) for m in producer.matches(r"sent (task-\S+)$")}
+        consumer.wait_for(r"\] done task-", count=count, timeout=60)
+        exits = s.stop_all()[:1]
+    events = [
+        (log_seconds(m.string), m.group(1)) for m in consumer.matches(r"\] (took|done) task-")
+    ]
+    in_work, most = 0, 0  # tasks between their took and done lines, at each line
+    for _, what in events:
+        in_work += 1 if what == "took" else -1
+        most = max(most, in_work)
+    done = [m.group(1) for m in consumer.matches(r"done (task-\S+)")]
+    seconds = events[-1][0] - events[0][0] if events else 0.0
+    ok = producer_ok and len(sent) == count and sorted(done) == sorted(sent)
+    ok = ok and most == 4 and exits == [0]
+    detail = f"{most} tasks in work at once; {count} x 1 s took {seconds:.1f} s, not {count}"
+    return Row("concurrency", len(sent), len(done), seconds, ok, detail)
 
 
 def fanout(env: dict[str, str]) -> Row:
@@ -301,6 +338,60 @@ def load_leveling(env: dict[str, str]) -> Row:
     return Row("load levelling", len(sent), len(done), seconds, ok, detail)
 
 
+def time_lesson(env: dict[str, str]) -> Row:
+    """A task sent with --delay 2 is not received before 2 s and is done after; a failing
+    task is retried after a backoff of 1 s, then 2 s, and poisoned at its 3rd attempt."""
+    queue = "tasks-later"
+    with stage(env) as s:
+        consumer = s.start(
+            "patterns.competing_consumers.consumer",
+            *("--queue", queue, "--work-seconds", "0", "--max-attempts", "3"),
+            *("--idle-max", "0.2"),
+            label="consumer",
+        )
+        consumer.wait_for(r"waiting for tasks")
+        started = time.perf_counter()
+        producers = [
+            s.start(
+                "patterns.competing_consumers.producer",
+                *("--queue", queue, "--count", "1", *extra),
+                label=label,
+            )
+            for label, extra in (("producer-delayed", ("--delay", "2")),
+                                 ("producer-failing", ("--failing", "1")))
+        ]  # fmt: skip
+        producers_ok = [p.wait(60) for p in producers] == [0, 0]
+        consumer.wait_for(rf"moved message .* to '{queue}-poison'", timeout=30)
+        consumer.wait_for(r"\] done task-", timeout=30)
+        seconds = time.perf_counter() - started
+        exits = s.stop_all()[:1]
+    [delayed, failing] = [p.matches(r"\] sent (task-\S+)$")[:1] for p in producers]
+    took = {}  # task id -> times of its "took" lines
+    for m in consumer.matches(r"\] took (task-\S+) "):
+        took.setdefault(m.group(1), []).append(log_seconds(m.string))
+    waited = took[delayed[0].group(1)][0] - log_seconds(delayed[0].string) if delayed else 0.0
+    tries = took.get(failing[0].group(1), []) if failing else []
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    said = [m.group(1) for m in consumer.matches(r"next attempt in (\d+) s")]
+    records = [
+        json.loads(m.content)
+        for m in _service(env).get_queue_client(f"{queue}-poison").peek_messages(max_messages=32)
+    ]
+    ok = (
+        producers_ok
+        and waited >= 1.5  # its 2 s delay, give or take the clocks' milliseconds
+        and len(gaps) == 2
+        and gaps[0] >= 0.5
+        and gaps[1] >= 1.5  # not before the 1 s, then 2 s backoff
+        and said == ["1", "2"]
+        and [(r["dequeue_count"], r["reason"][:14]) for r in records] == [(3, "failed 3 times")]
+        and exits == [0]
+    )
+    shown = ", ".join(f"{gap:.1f}" for gap in gaps)
+    detail = f"delayed task taken after {waited:.1f} s; retries {shown} s apart, then poisoned"
+    return Row("delays, retry backoff", 2, 1 + len(records), seconds, ok, detail)
+
+
 def claim_check(env: dict[str, str]) -> Row:
     """Six payloads, 2 KB and 200 KB in turn: the small ones travel inline, the big ones in a
     blob; every one is processed once and the blob container is empty at the end."""
@@ -377,11 +468,13 @@ def functions_interop(env: dict[str, str]) -> Row:
 # Later patterns add their scenario here, in the walkthrough's order.
 SCENARIOS: dict[str, Callable[[dict[str, str]], Row]] = {
     "competing-consumers": competing_consumers,
+    "concurrency": concurrency,
     "fan-out": fanout,
     "priority": priority,
     "pipes-and-filters": pipes_and_filters,
     "request-reply": request_reply,
     "load-leveling": load_leveling,
+    "time": time_lesson,
     "claim-check": claim_check,
     "functions-interop": functions_interop,
 }

@@ -166,10 +166,14 @@ def done_ids(procs: list[Proc]) -> set[str]:
 # --- outages -------------------------------------------------------------------------------
 
 
-def test_outage_under_competing_consumers_loses_nothing(disk_azurite, start, figures):
+@pytest.mark.parametrize(("concurrency", "work"), [("1", "0.1"), ("4", "0.5")])
+def test_outage_under_competing_consumers_loses_nothing(
+    disk_azurite, start, figures, concurrency, work
+):
     env, service = env_for(disk_azurite), service_of(disk_azurite)
     name = f"out-cc-{uuid.uuid4().hex[:8]}"
-    args = ("--queue", name, "--work-seconds", "0.1", "--visibility-timeout", "3")
+    args = ("--queue", name, "--work-seconds", work, "--visibility-timeout", "3",
+            "--concurrency", concurrency)  # fmt: skip
     consumers = [start(CONSUMER, *args, env_=env) for _ in range(2)]
     for consumer in consumers:
         consumer.wait_for("waiting for tasks")
@@ -193,7 +197,8 @@ def test_outage_under_competing_consumers_loses_nothing(disk_azurite, start, fig
 
     done = Counter(task for c in consumers for task in ids_logged(c, "done"))
     figures(
-        f"competing consumers: {len(sent)} tasks, 2 consumers, service down {down:.1f} s with "
+        f"competing consumers: {len(sent)} tasks, 2 consumers x --concurrency {concurrency}, "
+        f"service down {down:.1f} s with "
         f"{in_flight} tasks not yet done; duplicates {sum(done.values()) - len(done)}; "
         f"lost {len(set(sent) - set(done))}"
     )

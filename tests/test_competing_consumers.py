@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -16,6 +17,7 @@ from support import (
     assert_refused,
     env_for,
     ids_logged,
+    log_seconds,
     message_count,
     peek_bodies,
     requests_logged,
@@ -370,3 +372,125 @@ def test_a_delay_must_end_before_the_message_expires(service, qname):
     queue = service.get_queue_client(qname)
     with pytest.raises(Fatal, match=r"delay of 60 s must be shorter than .* time to live \(60 s\)"):
         connect.send_json(queue, {"id": "late"}, time_to_live=60, delay=60)
+
+
+# --- --concurrency: several tasks at once in one consumer -------------------------------------
+
+
+def took_and_done(consumer) -> list[tuple[float, str, str]]:
+    """(time, 'took' or 'done', task id) for each such line, in the order logged."""
+    found = consumer.matches(r"(\d\d:\d\d:\d\d\.\d{3}) consumer\[\d+\] (took|done) (\S+)")
+    return [(log_seconds(m.group(1)), m.group(2), m.group(3)) for m in found]
+
+
+def test_concurrency_4_works_on_4_tasks_at_once_each_done_once(start, env, azurite, service, qname):
+    producer = run_script(PRODUCER, "--queue", qname, "--count", "8", env=env)
+    assert producer.returncode == 0, producer.stderr
+    consumer = start(
+        CONSUMER, "--queue", qname, "--work-seconds", "1", "--concurrency", "4",
+        "--batch-size", "32",
+    )  # fmt: skip
+    consumer.wait_for("waiting for tasks on .*, 4 at a time")
+    held = []  # messages hidden from others (in this consumer's hands), seen from outside
+    while len(ids_logged(consumer, "done")) < 8:
+        visible = len(peek_bodies(service, qname))  # peek first: never over-counts held
+        held.append(message_count(service, qname) - visible)
+        consumer.wait_for(r"\] done ", timeout=20, count=1)  # fails if the consumer died
+        time.sleep(0.05)
+    assert consumer.stop() == 0
+
+    events = took_and_done(consumer)
+    first_done = next(i for i, (_, what, _) in enumerate(events) if what == "done")
+    assert first_done >= 4, f"fewer than 4 tasks were in work at once: {events}"
+    done = Counter(task for _, what, task in events if what == "done")
+    assert sorted(done) == sorted(ids_logged(consumer, "took"))
+    assert len(done) == 8 and max(done.values()) == 1, done
+    took = events[-1][0] - events[0][0]
+    print(f"8 tasks x 1 s at --concurrency 4: {took:.2f} s from first took to last done")
+    assert took < 6, f"{took:.1f} s: not run 4 at a time (one at a time takes 8 s)"
+    assert max(held) <= 4, f"held {max(held)} messages with 4 workers"
+    receives = [line for line in requests_logged(azurite, qname) if "peekonly" not in line]
+    asked = [int(n) for line in receives for n in re.findall(r"numofmessages=(\d+)", line)]
+    assert asked and max(asked) <= 4, f"receives asked for {asked} (--batch-size 32, 4 workers)"
+    assert message_count(service, qname) == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_concurrency_stop_mid_work_releases_every_task_in_work_at_once(
+    start, service, qname, signum
+):
+    service.create_queue(qname)
+    for n in range(6):
+        send(service, qname, {"id": f"long-{n}"})
+    consumer = start(
+        CONSUMER, "--queue", qname, "--work-seconds", "60", "--visibility-timeout", "60",
+        "--concurrency", "4", "--batch-size", "32",
+    )  # fmt: skip
+    consumer.wait_for(r"\] took long-", count=4)
+    wait_until(lambda: len(peek_bodies(service, qname)) == 2, 10, "4 held, 2 left visible")
+
+    pressed = time.monotonic()
+    consumer.send_signal(signum)
+    assert consumer.wait(10) == 0
+    wait_until(lambda: len(peek_bodies(service, qname)) == 6, 5, "all 6 visible again")
+    assert time.monotonic() - pressed < 10, "released long before the 60 s visibility timeout"
+    released = consumer.matches(rf"released message \S+ \(id (long-\d)\) back to '{qname}'")
+    assert sorted(m.group(1) for m in released) == sorted(ids_logged(consumer, "took"))
+    assert len(released) == 4
+    assert "processed 0 task(s)" in consumer.text and "Traceback" not in consumer.text
+
+    other = start(CONSUMER, "--queue", qname, "--work-seconds", "0", "--concurrency", "3")
+    other.wait_for(r"\] done long-", count=6, timeout=10)  # not after a 60 s lease
+    assert other.stop() == 0
+    assert sorted(ids_logged(other, "done")) == [f"long-{n}" for n in range(6)]
+
+
+def test_concurrency_failing_tasks_still_retry_and_poison_beside_good_ones(start, service, qname):
+    consumer = start(
+        CONSUMER, "--queue", qname, "--work-seconds", "0.5", "--concurrency", "4",
+        "--max-attempts", "2", "--idle-max", "0.2",
+    )  # fmt: skip
+    consumer.wait_for("waiting for tasks")
+    send(service, qname, {"id": "fails-a", "fail": True})
+    send(service, qname, {"id": "fails-b", "fail": True})
+    send(service, qname, "not JSON")
+    for n in range(5):
+        send(service, qname, {"id": f"good-{n}"})
+    consumer.wait_for(r"\] done good-", count=5)
+    consumer.wait_for(rf"moved message .* to '{qname}-poison'", count=3, timeout=20)
+    for task in ("fails-a", "fails-b"):
+        assert consumer.matches(rf"attempt 1 of 2 failed for message \S+ \(id {task}\)")
+    wait_until(lambda: message_count(service, qname) == 0, 10, f"'{qname}' empty")
+    assert consumer.stop() == 0
+
+    records = [json.loads(b) for b in peek_bodies(service, f"{qname}-poison")]
+    reasons = {r["body"]: r["reason"] for r in records}
+    assert len(records) == 3
+    assert reasons[json.dumps({"id": "fails-a", "fail": True})].startswith("failed 2 times")
+    assert reasons[json.dumps({"id": "fails-b", "fail": True})].startswith("failed 2 times")
+    assert reasons["not JSON"].startswith("not JSON")
+    assert Counter(ids_logged(consumer, "done")) == Counter(f"good-{n}" for n in range(5))
+    assert consumer.text.count(f"created queue '{qname}-poison'") == 1
+
+
+def test_concurrency_keeps_every_task_in_work_hidden_past_its_visibility_timeout(
+    start, service, qname
+):
+    """Three tasks of 4 s at once, a 2 s visibility timeout, a rival consumer waiting: the
+    keeper renews all three leases, so each task is taken once."""
+    slow = start(
+        CONSUMER, "--queue", qname, "--work-seconds", "4", "--visibility-timeout", "2",
+        "--concurrency", "3",
+    )  # fmt: skip
+    slow.wait_for("waiting for tasks")
+    for n in range(3):
+        send(service, qname, {"id": f"slow-{n}"})
+    slow.wait_for(r"\] took slow-", count=3)
+    rival = start(CONSUMER, "--queue", qname, "--work-seconds", "0", "--visibility-timeout", "2")
+    rival.wait_for("waiting for tasks")
+    slow.wait_for(r"\] done slow-", count=3, timeout=20)
+    time.sleep(2.5)  # the window in which an expired lease would let the rival take one
+    assert [slow.stop(), rival.stop()] == [0, 0]
+    assert sorted(ids_logged(slow, "took")) == [f"slow-{n}" for n in range(3)]
+    assert ids_logged(rival, "took") == []
+    assert message_count(service, qname) == 0

@@ -14,7 +14,7 @@ One concern a file; each reads alone and imports only the ones above it in this 
     cli.py       script plumbing: the log format, Ctrl+C, the argument parser with its range
                  types, the consumer flags and their defaults, run() for one-line errors
     consume.py   receiving and settling: Inbox (receive, settle = delete / retry / poison /
-                 release), lease renewal, idle backoff
+                 release), lease renewal, idle backoff, Workers (several messages at once)
 
 Scripts import the files, not their contents (`from patterns.helper import cli, consume`), so
 every call names its home: `consume.Inbox(...)`, `connect.open_queue(...)`, `cli.run(main)`.

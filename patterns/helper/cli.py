@@ -185,11 +185,14 @@ def add_queue_argument(
     parser.add_argument(flag, type=kind, default=default, help=help)
 
 
-def add_concurrency_argument(parser: argparse.ArgumentParser) -> None:
-    """--concurrency for producers: Queue Storage has no batch send, so sends overlap."""
+def add_concurrency_argument(
+    parser: argparse.ArgumentParser, default: int = 8, help: str = "sends in flight at once"
+) -> None:
+    """--concurrency: for producers, sends in flight (Queue Storage has no batch send, so sends
+    overlap); for a consumer, messages in work at once (its own default and help)."""
     parser.add_argument(
-        "--concurrency", type=whole_number(least=1, most=64), default=8, metavar="N",
-        help="sends in flight at once",
+        "--concurrency", type=whole_number(least=1, most=64), default=default, metavar="N",
+        help=help,
     )  # fmt: skip
 
 
