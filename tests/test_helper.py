@@ -226,6 +226,37 @@ def test_the_keeper_renews_a_lease_taken_while_it_sleeps_with_nothing_to_do():
     assert renewed and set(renewed) == {"b"}  # b renewed (about 0.5 s after); a, dropped, never
 
 
+def test_the_keeper_lives_on_after_an_unforeseen_error_and_drop_never_hangs():
+    """A renewal that raises something unforeseen (here a ValueError) is warned about and
+    tried again; the keeper thread lives on, and drop() does not wait for it forever (it used
+    to: the message stayed 'being renewed', and Ctrl+C could not stop the consumer)."""
+    from types import SimpleNamespace
+
+    from patterns.helper.consume import _VisibilityKeeper
+
+    tries: list[str] = []
+
+    class FlakyQueue:
+        def update_message(self, id: str, receipt: str, visibility_timeout: int) -> object:
+            tries.append(id)
+            if len(tries) == 1:
+                raise ValueError("pop_receipt must be present")
+            return SimpleNamespace(pop_receipt=receipt + "'")
+
+    keeper = _VisibilityKeeper(FlakyQueue(), 1, logger("test"))  # type: ignore[arg-type]
+    message = SimpleNamespace(id="m", pop_receipt="r", content="")
+    keeper.keep(message)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 5
+    while len(tries) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(tries) >= 2, "the keeper died with its first error"
+    dropping = threading.Thread(target=keeper.drop, args=(message,), daemon=True)
+    dropping.start()
+    dropping.join(3)
+    assert not dropping.is_alive(), "drop() hangs"
+    assert message.pop_receipt.startswith("r'")  # the renewal after the error took effect
+
+
 # --- configuration: what is wrong, said without a value ----------------------------------
 
 KEY = "Zm9yIHRlc3RzIG9ubHk6IHNoYXBlZCBsaWtlIGFuIGFjY291bnQga2V5LCBub3QgYSBrZXk="  # base64 text

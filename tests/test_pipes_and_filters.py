@@ -315,5 +315,6 @@ def test_the_pipeline_rides_out_an_emulator_restart_with_max_attempts_1(disk_azu
     names = [n.name for n in client.list_queues(name_starts_with=qname)]
     assert not [n for n in names if n.endswith("-poison")], "an outage poisoned orders"
     assert sorted(names) == sorted(q) and message_count(client, q.rejected) == 0
-    assert [proc.stop() for proc in procs] == [0, 0, 0]
+    codes = [proc.stop() for proc in procs]
+    assert codes == [0, 0, 0], [p.text[-3000:] for p, c in zip(procs, codes, strict=True) if c]
     assert all("Traceback" not in proc.text for proc in procs)

@@ -369,14 +369,17 @@ class _VisibilityKeeper:
                     if self._due.get(message.id, (None, 0))[0] is not message:
                         continue  # dropped meanwhile: settled, or being settled
                     self._renewing.add(message.id)
-                kept = self._extend(message)
-                with self._changed:
-                    self._renewing.discard(message.id)
-                    if kept:
-                        self._due[message.id] = (message, time.monotonic() + self.interval)
-                    else:
-                        del self._due[message.id]
-                    self._changed.notify_all()
+                kept = True
+                try:
+                    kept = self._extend(message)
+                finally:  # whatever happened, drop() must not wait for this renewal forever
+                    with self._changed:
+                        self._renewing.discard(message.id)
+                        if kept:
+                            self._due[message.id] = (message, time.monotonic() + self.interval)
+                        else:
+                            del self._due[message.id]
+                        self._changed.notify_all()
 
     def _extend(self, message: QueueMessage) -> bool:
         """Extend one message's visibility timeout; False when it is no longer ours."""
@@ -393,6 +396,11 @@ class _VisibilityKeeper:
                 f"{connect.in_short(error)}; another consumer may take it"
             )
             return not _not_ours(error)
+        except Exception as error:  # unforeseen: warn and try again, the keeper must live on
+            self.log.warning(
+                f"could not extend the visibility timeout of {codec.describe(message)}: "
+                f"{type(error).__name__}: {error}; trying again in {self.interval:g} s"
+            )
         return True
 
 
