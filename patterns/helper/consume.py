@@ -442,8 +442,8 @@ class Workers:
         self._tasks = SimpleQueue()
         # Daemon threads: a second Ctrl+C ends the process even if some work ignores the first.
         # With n = 1, none: the caller's thread does the work.
-        self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(n)]
-        self._threads = self._threads if n > 1 else []
+        workers = range(n) if n > 1 else range(0)
+        self._threads = [threading.Thread(target=self._work, daemon=True) for _ in workers]
         for thread in self._threads:
             thread.start()
 
