@@ -4,6 +4,7 @@ the session's Azurite (queue and blob services), with the tools that show and re
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
@@ -13,7 +14,7 @@ import uuid
 from types import SimpleNamespace
 
 from azure.core.credentials import AzureNamedKeyCredential
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 from support import (
     assert_refused,
@@ -150,6 +151,22 @@ def test_a_producer_crash_between_upload_and_send_leaves_an_orphan_status_shows_
     consumer = start(CONSUMER, "--queue", qname, "--work-seconds", "0")
     consumer.wait_for(r"\] done ")  # the message that was sent is processed as usual
     assert consumer.stop() == 0
+
+
+def test_status_and_cleanup_escape_control_characters_in_blob_names(env, blobs, qname):
+    """Anyone who may write blobs can name one with C1 controls or a line separator (Azurite
+    cannot even list a name with ESC): shown escaped, never sent to the terminal as they are."""
+    name = f"{qname}/orphan\x9b2J\u2028line"
+    with contextlib.suppress(ResourceExistsError):
+        blobs.create_container(PAYLOADS_CONTAINER)
+    blobs.get_blob_client(PAYLOADS_CONTAINER, name).upload_blob(b"x")
+    status = run_script(STATUS, "--prefix", qname, "--orphan-age", "0", env=env)
+    assert status.returncode == 0, status.stderr
+    assert f"  orphan: {qname}/orphan\\x9b2J\\u2028line  1 bytes" in status.stdout
+    cleanup = run_script(CLEANUP, "--orphans", "--prefix", qname, "--orphan-age", "0", env=env)
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert f"deleted blob {PAYLOADS_CONTAINER}/{qname}/orphan\\x9b2J\\u2028line" in cleanup.stdout
+    assert not set("\x9b\u2028") & set(status.stdout + cleanup.stdout)
 
 
 def test_a_blob_referred_to_by_a_message_is_no_orphan(env, service, blobs, qname):
