@@ -311,8 +311,6 @@ def test_the_consumer_follows_references_into_its_own_container_only(
     own.wait_for(r"\] deleted blob ")
     assert own.stop() == 0
     assert blob_names(blobs, mine, f"{qname}/") == [f"{qname}/{task_id}"]  # the other one's
-    bad = run_script(CONSUMER, "--queue", qname, "--container", "Bad_Name", env=env)
-    assert_refused(bad, "invalid blob container name 'Bad_Name'")
 
 
 def test_a_big_payload_is_read_in_chunks_of_4_mib(azurite, start, env, service, blobs, qname):
@@ -329,7 +327,7 @@ def test_a_big_payload_is_read_in_chunks_of_4_mib(azurite, start, env, service, 
 
 def test_a_blob_already_gone_at_delete_time_is_no_orphan(start, env, blobs, qname):
     [task_id] = produce(env, qname, "--count", "1", "--size", "100000")
-    consumer = start(CONSUMER, "--queue", qname, "--work-seconds", "2")
+    consumer = start(CONSUMER, "--queue", qname, "--work-seconds", "1")
     consumer.wait_for(rf"took {task_id}")
     blobs.get_blob_client(PAYLOADS_CONTAINER, f"{qname}/{task_id}").delete_blob()  # someone did
     consumer.wait_for(rf"blob {PAYLOADS_CONTAINER}/{qname}/{task_id} was already gone")
