@@ -266,7 +266,7 @@ def _pipes_and_filters(env: dict[str, str], count: int, traces: Path | None) -> 
     )
     detail = f"{len(finished)} of {count} orders finished, {len(rejected)} in queue-rejected"
     if traces is not None and traces.is_file():  # the slowest order's journey, drawn
-        found = journey.journeys(journey.read_spans(traces))
+        found = journey.journeys(journey.read_spans(traces)[0])
         slowest = max(found, key=lambda j: j.total_ms, default=None)
         for line in [journey.LEGEND, *(journey.timeline(slowest).splitlines() if slowest else [])]:
             echo(f"[journey] {line}")

@@ -3,17 +3,22 @@ the session's Azurite (queue and blob services), with the tools that show and re
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import json
 import re
 import signal
+import time
 import uuid
 from types import SimpleNamespace
 
 from azure.core.credentials import AzureNamedKeyCredential
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 from support import (
     assert_refused,
+    env_for,
     ids_logged,
     message_count,
     peek_bodies,
@@ -22,6 +27,7 @@ from support import (
     wait_until,
 )
 
+from patterns.emulator import AZURITE_BLOB_MAIN, ensure_node
 from patterns.helper import connect, settings
 from patterns.helper.settings import CONNECTION_STRING_VAR
 from patterns.tools.blobs import PAYLOADS_CONTAINER
@@ -42,6 +48,10 @@ def blob_names(blobs: BlobServiceClient, container: str, prefix: str) -> list[st
         ]
     except ResourceNotFoundError:
         return []
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def produce(env: dict[str, str], queue: str, *args: str) -> list[str]:
@@ -141,6 +151,22 @@ def test_a_producer_crash_between_upload_and_send_leaves_an_orphan_status_shows_
     consumer = start(CONSUMER, "--queue", qname, "--work-seconds", "0")
     consumer.wait_for(r"\] done ")  # the message that was sent is processed as usual
     assert consumer.stop() == 0
+
+
+def test_status_and_cleanup_escape_control_characters_in_blob_names(env, blobs, qname):
+    """Anyone who may write blobs can name one with C1 controls or a line separator (Azurite
+    cannot even list a name with ESC): shown escaped, never sent to the terminal as they are."""
+    name = f"{qname}/orphan\x9b2J\u2028line"
+    with contextlib.suppress(ResourceExistsError):
+        blobs.create_container(PAYLOADS_CONTAINER)
+    blobs.get_blob_client(PAYLOADS_CONTAINER, name).upload_blob(b"x")
+    status = run_script(STATUS, "--prefix", qname, "--orphan-age", "0", env=env)
+    assert status.returncode == 0, status.stderr
+    assert f"  orphan: {qname}/orphan\\x9b2J\\u2028line  1 bytes" in status.stdout
+    cleanup = run_script(CLEANUP, "--orphans", "--prefix", qname, "--orphan-age", "0", env=env)
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert f"deleted blob {PAYLOADS_CONTAINER}/{qname}/orphan\\x9b2J\\u2028line" in cleanup.stdout
+    assert not set("\x9b\u2028") & set(status.stdout + cleanup.stdout)
 
 
 def test_a_blob_referred_to_by_a_message_is_no_orphan(env, service, blobs, qname):
@@ -247,3 +273,105 @@ def test_cleanup_deletes_a_tutorial_queues_blobs_with_it(env, service, blobs):
     assert "deleted 1 queue(s) and 1 blob(s)" in result.stdout
     assert blob_names(blobs, PAYLOADS_CONTAINER, f"{queue}/") == []
     assert [q.name for q in service.list_queues(name_starts_with=ns)] == []
+
+
+# --- trust: what a claim check may make the consumer do (attacks: test_battery_trust.py) ----
+
+
+def test_a_size_sent_as_a_string_is_a_bad_message_that_says_so(start, service, qname):
+    payload = b"x" * 1000
+    service.create_queue(qname)
+    send(service, qname, {"id": "sized-as-text", "size": "1000", "data": b64(payload),
+                          "sha256": hashlib.sha256(payload).hexdigest()})  # fmt: skip
+    consumer = start(CONSUMER, "--queue", qname, "--idle-max", "0.2")
+    consumer.wait_for(rf"moved message .* to '{qname}-poison'")
+    assert consumer.stop() == 0
+    [record] = [json.loads(body) for body in peek_bodies(service, f"{qname}-poison")]
+    assert record["reason"] == 'size must be a whole number of bytes, got "1000"'
+    assert record["dequeue_count"] == 1
+
+
+def test_the_consumer_follows_references_into_its_own_container_only(
+    start, env, service, blobs, qname
+):
+    mine = f"payloads-{uuid.uuid4().hex[:8]}"
+    [task_id] = produce(env, qname, "--count", "1", "--size", "100000", "--container", mine)
+    default = start(CONSUMER, "--queue", qname, "--idle-max", "0.2", label="default")
+    default.wait_for(rf"moved message .* to '{qname}-poison'")  # claim-check-payloads only
+    assert default.stop() == 0
+    [record] = [json.loads(body) for body in peek_bodies(service, f"{qname}-poison")]
+    assert record["reason"] == (
+        f"it refers to a blob outside {PAYLOADS_CONTAINER}/{qname}/, the only place this "
+        "lesson keeps them: refused without looking it up"
+    )
+    assert blob_names(blobs, mine, f"{qname}/") == [f"{qname}/{task_id}"]  # untouched
+
+    produce(env, qname, "--count", "1", "--size", "100000", "--container", mine)
+    own = start(CONSUMER, "--queue", qname, "--container", mine, "--work-seconds", "0")
+    own.wait_for(r"\] deleted blob ")
+    assert own.stop() == 0
+    assert blob_names(blobs, mine, f"{qname}/") == [f"{qname}/{task_id}"]  # the other one's
+
+
+def test_a_big_payload_is_read_in_chunks_of_4_mib(azurite, start, env, service, blobs, qname):
+    [task_id] = produce(env, qname, "--count", "1", "--size", "9000000")
+    consumer = start(CONSUMER, "--queue", qname, "--work-seconds", "0")
+    consumer.wait_for(rf"done {task_id}")
+    assert consumer.stop() == 0
+    assert consumer.matches(rf"took {task_id} \(9000000 bytes from blob ")
+    assert azurite.blob_log_path is not None
+    log = azurite.blob_log_path.read_text(errors="replace")
+    reads = re.findall(rf'"GET /devstoreaccount1/{PAYLOADS_CONTAINER}/{qname}/{task_id} ', log)
+    assert len(reads) == 3  # 4 + 4 + 0.6 MiB: never more than a chunk in memory at once
+
+
+def test_a_blob_already_gone_at_delete_time_is_no_orphan(start, env, blobs, qname):
+    [task_id] = produce(env, qname, "--count", "1", "--size", "100000")
+    consumer = start(CONSUMER, "--queue", qname, "--work-seconds", "1")
+    consumer.wait_for(rf"took {task_id}")
+    blobs.get_blob_client(PAYLOADS_CONTAINER, f"{qname}/{task_id}").delete_blob()  # someone did
+    consumer.wait_for(rf"blob {PAYLOADS_CONTAINER}/{qname}/{task_id} was already gone")
+    assert consumer.stop() == 0
+    assert "orphan" not in consumer.text and "warning" not in consumer.text
+
+
+def test_a_blob_service_outage_is_the_blob_services_warned_once_and_loses_nothing(
+    disk_azurite, start, qname
+):
+    """Only the blob service goes down: the consumer names it, once, however often the message
+    comes back meanwhile (visibility timeout 1 s), says when it answers again, and the message
+    is processed then: not poisoned, not counted as a failed attempt."""
+    env = env_for(disk_azurite)
+    [task_id] = produce(env, qname, "--count", "1", "--size", "100000")
+    blob_service = disk_azurite.blob_process
+    assert blob_service is not None
+    blob_service.terminate()
+    blob_service.wait(10)
+    consumer = start(CONSUMER, "--queue", qname, "--visibility-timeout", "1",
+                     "--work-seconds", "0", env_=env)  # fmt: skip
+    consumer.wait_for(r"warning: the blob service at ")
+    time.sleep(3)  # the outage itself: the message comes back (1 s) and fails again meanwhile
+    disk_azurite.blob_process = disk_azurite._spawn(
+        ensure_node(), AZURITE_BLOB_MAIN,
+        ["--blobHost", "127.0.0.1", "--blobPort", str(disk_azurite.blob_port)],
+        disk_azurite.blob_log_path,
+    )  # fmt: skip
+    consumer.wait_for(r"the blob service answers again", timeout=30)
+    consumer.wait_for(rf"done {task_id}")
+    assert consumer.stop() == 0
+    warnings = [m.group(1) for m in consumer.matches(r"\] warning: (.*)")]
+    assert len(warnings) == 1, consumer.text  # not once per delivery, and no failed attempt
+    blob_down = f"the blob service at {disk_azurite.blob_endpoint} cannot be reached"
+    assert warnings[0].startswith(blob_down)
+    assert "queue service" not in consumer.text and "poison" not in consumer.text
+
+
+def test_in_base64_mode_a_payload_too_big_to_travel_inline_points_to_a_lower_threshold(env, qname):
+    b64_env = {**env, settings.MESSAGE_ENCODING_VAR: "base64"}
+    args = ("--queue", qname, "--count", "1", "--size", "40000", "--threshold", "46080")
+    result = run_script(PRODUCER, *args, env=b64_env)
+    assert_refused(result, "does not fit inline: message is ")
+    assert "lower --threshold (now 46080; the default 32768 fits in either encoding)" in (
+        result.stderr
+    )
+    assert "elsewhere" not in result.stderr

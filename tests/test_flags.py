@@ -145,7 +145,10 @@ CASES: list[Case] = [
     Case(f"{CK}.producer", "--size", str(256 * 1024 * 1024 + 1)),
     Case(f"{CK}.producer", "--threshold", "-1"),
     Case(f"{CK}.producer", "--threshold", str(45 * 1024 + 1)),  # inline, it would not fit
+    Case(f"{CK}.producer", "--container", "Bad_Name"),
     Case(f"{CK}.consumer", "--queue", CONSUMED),
+    Case(f"{CK}.consumer", "--container", "Bad_Name"),
+    Case(f"{CK}.consumer", "--max-bytes", "-1"),
     *consumer_flags(f"{CK}.consumer"),
     Case(f"{TOOLS}.peek", "queue", "Bad_Name"),
     Case(f"{TOOLS}.peek", "--count", "0", ("tasks-queue",)),

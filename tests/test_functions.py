@@ -127,6 +127,23 @@ def test_base64_producer_to_base64_consumer_and_the_queue_holds_base64(env, star
     assert consumer.stop() == 0
 
 
+def test_line_wrapped_base64_is_base64_in_either_mode(env, start, service, qname):
+    """MIME-style Base64 (76 columns, line breaks): the .NET decoder of the Functions host
+    skips white space, so a base64 consumer reads it and a text consumer calls it Base64."""
+    task = json.dumps({"id": "wrapped-1", "note": "long enough to need more than one line " * 3})
+    wrapped = base64.encodebytes(task.encode()).decode("ascii")  # a line break every 76
+    assert wrapped.count("\n") >= 2
+    service.create_queue(qname)
+    send(service, qname, wrapped)
+    consumer = start(CONSUMER, "--queue", qname, "--work-seconds", "0",
+                     env_=in_mode(env, "base64"))  # fmt: skip
+    consumer.wait_for(r"\] done wrapped-1")
+    assert consumer.stop() == 0
+    assert codec.readable(wrapped) == (task, True)
+    with pytest.raises(BadMessage, match="looks Base64-encoded"):
+        codec.text_of(raw_message(wrapped))  # this process is in text mode
+
+
 MISMATCHES = {
     # consumer's mode, how the stray message is written, what the consumer's line says
     "text-producer-to-base64-consumer": ("base64", lambda text: text, "the text is plain, not"),

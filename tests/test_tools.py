@@ -312,3 +312,48 @@ def test_redrive_with_no_poison_queue_moves_nothing(env, service, qname):
     assert result.returncode == 0
     assert f"nothing to redrive: there is no queue '{qname}-poison'" in result.stdout
     assert existing(service, qname) == set()
+
+
+# --- what a consumer writes, or anyone injects --------------------------------------------------
+
+
+def test_peek_and_redrive_take_the_records_consumers_write_for_bodies_python_cannot_hold(
+    start, env, service, qname
+):
+    """A consumer poisons a 5,000-deep body (RecursionError in Python's json) and a 5,000-digit
+    number (ValueError): the tools show and move such records like any other."""
+    deep, digits = "[" * 5000 + "]" * 5000, '{"id": ' + "9" * 5000 + "}"
+    make(service, qname, deep, digits)
+    consumer = start(CONSUMER, "--queue", qname, "--idle-max", "0.2")
+    consumer.wait_for(rf"moved message \S+ to '{qname}-poison'", count=2)
+    assert consumer.stop() == 0
+
+    peeked = run_script(PEEK, f"{qname}-poison", "-n", "5", env=env)
+    assert peeked.returncode == 0, peeked.stderr
+    assert f"2 message(s) shown of about 2 in '{qname}-poison'" in peeked.stdout
+    assert '"reason": "JSON nested too deeply to read"' in peeked.stdout
+    result = run_script(REDRIVE, qname, env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"moved 2 message(s) from '{qname}-poison' back to '{qname}'; 0 left" in result.stdout
+    assert sorted(peek_bodies(service, qname)) == sorted([deep, digits])
+
+
+def test_control_characters_from_a_message_are_escaped_by_peek_and_redrive(env, service, qname):
+    """C1 controls (\\x9b starts an escape sequence, as ESC [ does), DEL, NEL and the Unicode
+    line separator: allowed in a queue message, shown escaped; so is an id with ESC in it."""
+    make(service, qname, "plain \x9b2J text\nsecond line\x7f",
+         json.dumps({"id": "c1", "note": "\x85\u2028"}, ensure_ascii=False))  # fmt: skip
+    peeked = run_script(PEEK, qname, "-n", "2", env=env)
+    assert peeked.returncode == 0, peeked.stderr
+    assert not set("\x9b\x7f\x85\u2028") & set(peeked.stdout)
+    assert "plain \\x9b2J text\\nsecond line\\x7f" in peeked.stdout
+    assert '"note": "\\x85\\u2028"' in peeked.stdout
+
+    body = json.dumps({"id": "\x1b[2J\nX"})
+    record = {"reason": "r", "source_queue": qname, "dequeue_count": 1, "message_id": "m",
+              "poisoned_at": "2026-11-25T00:00:00+00:00", "body": body}  # fmt: skip
+    make(service, f"{qname}-poison", json.dumps(record))
+    result = run_script(REDRIVE, qname, env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"moved \\x1b[2J\\nX back to '{qname}'" in result.stdout
+    assert "\x1b" not in result.stdout

@@ -237,6 +237,31 @@ def test_renderer_timeline_and_mermaid_from_a_recorded_file(tmp_path) -> None:
     assert tracing.exporter_name({"OTEL_TRACES_EXPORTER": "none"}) is None
 
 
+def test_journey_escapes_control_characters_and_skipped_lines_are_counted(tmp_path) -> None:
+    """An id is whatever a message carried: ESC [2J would clear the learner's screen, a line
+    break would add a line of its own to a Mermaid diagram. Both are shown escaped."""
+    evil = "ORD\x1b[2J\n    Note over P0: injected\u2028"
+    recorded = [
+        {**s, "service": s["service"] + "\r", "attributes": {**s["attributes"], "app.id": evil}}
+        for s in RECORDED
+    ]
+    path = tmp_path / "recorded.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in recorded) + '{"cut sho\n')
+    clean = run_script("patterns.tools.journey", "--file", str(path), "--mermaid", env={})
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps(s) + "\n" for s in RECORDED))
+    expected = run_script("patterns.tools.journey", "--file", str(plain), "--mermaid", env={})
+    assert clean.returncode == 0, clean.stderr
+    assert len(clean.stdout.splitlines()) == len(expected.stdout.splitlines())
+    assert "    title ORD\\x1b[2J\\n    Note over P0: injected\\u2028: 1000.0 ms" in clean.stdout
+    assert not set("\x1b\r\u2028") & set(clean.stdout)
+    assert clean.stderr == f"{path}: 1 line(s) skipped: not spans as the scripts write them\n"
+    timeline = run_script("patterns.tools.journey", "--file", str(path), env={})
+    assert timeline.returncode == 0, timeline.stderr
+    assert not set("\x1b\r\u2028") & set(timeline.stdout)
+    assert "ORD\\x1b[2J\\n    Note over P0: injected\\u2028  trace t1" in timeline.stdout
+
+
 WITHOUT_EXTRA = """
 import runpy, sys
 class NoOpenTelemetry:  # as if `pip install -e '.[trace]'` had not been run

@@ -16,7 +16,7 @@ import hashlib
 import os
 import uuid
 
-from patterns.helper import cli, connect
+from patterns.helper import Fatal, cli, codec, connect
 
 # Why 32 KiB and not 64: an inline payload travels base64-encoded (3 bytes become 4) inside
 # JSON inside the request's XML, which escapes & < > too; 32 KiB of payload is ~43 KiB as
@@ -30,7 +30,10 @@ def main() -> int:
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     cli.add_queue_argument(parser, "--queue", "claim-check-queue", "queue to send to")
     parser.add_argument(
-        "--container", default="claim-check-payloads", help="blob container for big payloads"
+        "--container",
+        type=cli.blob_container,
+        default="claim-check-payloads",
+        help="blob container for big payloads",
     )
     parser.add_argument(
         "--count", type=cli.whole_number(least=1), default=6, help="payloads to send"
@@ -69,7 +72,15 @@ def main() -> int:
             log.info(f"sent {task_id}: {size} bytes in blob {args.container}/{blob}")
         else:
             task["data"] = base64.b64encode(payload).decode("ascii")
-            connect.send_json(queue, task)
+            try:
+                connect.send_json(queue, task)
+            except codec.Unsendable as error:  # in Base64 mode: 16/9 of the payload as sent
+                too_big = str(error).split(";")[0]  # "message is N bytes as sent (...)"
+                raise Fatal(
+                    f"{task_id} ({size} bytes) does not fit inline: {too_big}; lower --threshold "
+                    f"(now {args.threshold}; the default {THRESHOLD} fits in either encoding) so "
+                    "that payloads this big go to a blob"
+                ) from None
             log.info(f"sent {task_id}: {size} bytes inline")
     log.info(f"sent {args.count} payload(s) to '{args.queue}'")
     return 0

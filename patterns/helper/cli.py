@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import signal
 import sys
 import threading
@@ -28,10 +29,23 @@ RETRY_BACKOFF_MAX = 60  # seconds: the longest wait between two attempts
 # --- output and Ctrl+C ----------------------------------------------------------------------
 
 
+# Control characters (C0, DEL, C1) and the Unicode line separators: what a message could use
+# to clear the screen, recolour it, or add lines to the output. And half surrogate pairs
+# ("\ud800" in JSON), which no terminal can be sent.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters escaped as Python writes them (\\n, \\x1b,
+    \\u2028): for anything from a message that reaches a terminal."""
+    return CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 class _LineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        # One event, one line: a line break inside a value (an id, a reason) is shown as \n.
-        text = super().format(record).replace("\r", "\\r").replace("\n", "\\n")
+        # One event, one line: a line break inside a value (an id, a reason) is shown as \n,
+        # an escape sequence as \x1b.
+        text = printable(super().format(record))
         if record.levelno >= logging.WARNING:
             head, _, tail = text.partition("] ")
             return f"{head}] {record.levelname.lower()}: {tail}"
@@ -170,6 +184,16 @@ def _queue_type(consumed: bool) -> Callable[[str], str]:
 
 any_queue = _queue_type(consumed=False)  # `type=` for a queue name
 consumed_queue = _queue_type(consumed=True)  # a queue someone consumes: room for -poison
+
+
+def blob_container(text: str) -> str:
+    """`type=` for a blob container name (the same rules as a queue name's)."""
+    try:
+        return connect.container_name(text)
+    except Fatal as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 # --idle-max: the backoff starts at 0.1 s, so a lower ceiling would only poll faster.
 idle_max = seconds(least=0.1, most=60)
 # --delay: a message's initial visibility timeout; the service allows up to 7 days.

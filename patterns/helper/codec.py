@@ -33,6 +33,7 @@ XML_ENVELOPE_BYTES = 100  # <QueueMessage><MessageText>...</MessageText></QueueM
 # (Azurite answers 500 to every receive that would return it).
 XML_FORBIDDEN = re.compile(r"[^\t\n\r\x20-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
 ID_KEYS = ("id", "order_id", "correlation_id")  # where our messages carry their application id
+BASE64_WHITE_SPACE = re.compile(r"[ \t\r\n]")  # what .NET's Base64 decoder skips
 
 
 class Unsendable(Fatal, BadMessage):
@@ -105,8 +106,11 @@ def readable(text: str) -> tuple[str, bool]:
 
 
 def _unbase64(text: str) -> bytes | None:
+    """The bytes `text` is the Base64 of, or None. White space is ignored, as the .NET decoder
+    of the Azure Functions host ignores it (Convert.FromBase64String), so line-wrapped Base64
+    (76 columns, as MIME writes it) reads as Base64; any other stray character does not."""
     try:
-        return base64.b64decode(text, validate=True)  # strict: no stray characters
+        return base64.b64decode(BASE64_WHITE_SPACE.sub("", text), validate=True)
     except ValueError:
         return None
 

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 from xml.etree.ElementTree import ParseError
@@ -31,7 +32,7 @@ from azure.core.exceptions import (
 )
 from azure.storage.queue import LinearRetry, QueueClient, QueueMessage, QueueServiceClient
 
-from patterns.helper import Fatal, codec, settings, tracing
+from patterns.helper import BadMessage, Fatal, codec, settings, tracing
 
 if TYPE_CHECKING:  # imported on first use: only the claim-check lesson needs blobs
     from azure.storage.blob import BlobServiceClient, ContainerClient
@@ -197,6 +198,8 @@ def open_queue(name: str, log: logging.Logger | None = None) -> QueueClient:
 # --- blobs (claim-check) ---------------------------------------------------------------------
 
 _blob_service: BlobServiceClient | None = None
+BLOB_CHUNK = 4 * 1024 * 1024
+MAX_BLOB_NAME = 1024  # characters, the service's limit
 
 
 def blob_service(log: logging.Logger | None = None) -> BlobServiceClient:
@@ -216,6 +219,10 @@ def blob_service(log: logging.Logger | None = None) -> BlobServiceClient:
             ),
             "connection_timeout": CONNECT_TIMEOUT,
             "read_timeout": READ_TIMEOUT,
+            # A download is read in 4 MiB requests (the SDK's first one is 32 MiB otherwise),
+            # so a consumer that streams a payload holds no more than that at a time.
+            "max_single_get_size": BLOB_CHUNK,
+            "max_chunk_get_size": BLOB_CHUNK,
         }
         if config.account_url:
             url = config.account_url.replace(".queue.", ".blob.", 1)
@@ -245,12 +252,7 @@ def blob_service(log: logging.Logger | None = None) -> BlobServiceClient:
 def blob_container(name: str, log: logging.Logger | None = None) -> ContainerClient:
     """A client for blob container `name` (the same naming rules as a queue's), creating it
     if it does not exist yet, so scripts can be started in any order."""
-    if not (3 <= len(name) <= 63 and QUEUE_NAME.match(name)):
-        raise Fatal(
-            f"invalid blob container name {name!r}: use 3-63 lowercase letters, digits and "
-            "single hyphens, starting and ending with a letter or digit"
-        )
-    container = blob_service(log).get_container_client(name)
+    container = blob_service(log).get_container_client(container_name(name))
     try:
         container.create_container()
         if log is not None:
@@ -268,6 +270,59 @@ def blob_container(name: str, log: logging.Logger | None = None) -> ContainerCli
             f"{settings.CONNECTION_STRING_VAR})"
         ) from None
     return container
+
+
+def container_name(name: str) -> str:
+    """Validate a blob container name: the same rules as a queue's (Fatal if not)."""
+    if not (3 <= len(name) <= 63 and QUEUE_NAME.match(name)):
+        raise Fatal(
+            f"invalid blob container name {name!r}: use 3-63 lowercase letters, digits and "
+            "single hyphens, starting and ending with a letter or digit"
+        )
+    return name
+
+
+def blob_in(where: Any, container: str, prefix: str) -> tuple[str, str]:
+    """(container, blob name) of a blob reference read from a message - a claim check, a poison
+    record's body_blob - if it points inside `container`, under `prefix`: the one place the
+    lesson writes such blobs. Anything else is a BadMessage, decided before any request, so a
+    forged reference reaches no other blob, and the reason says nothing about the blob it
+    names (whether it exists, how big it is): nobody looked."""
+    where = where if isinstance(where, dict) else {}
+    named, name = where.get("container"), where.get("blob")
+    if not (isinstance(named, str) and isinstance(name, str)):
+        raise BadMessage("its blob reference needs a container and a blob name, both strings")
+    if problem := _unsafe_blob_name(name):
+        raise BadMessage(f"its blob name {problem}: refused without looking it up")
+    if named != container or not name.startswith(prefix):
+        raise BadMessage(
+            f"it refers to a blob outside {container}/{prefix}, the only place this lesson "
+            "keeps them: refused without looking it up"
+        )
+    return named, name
+
+
+def _unsafe_blob_name(name: str) -> str:
+    """What makes a blob name unsafe to follow ('' if nothing)."""
+    if not name:
+        return "is empty"
+    if len(name) > MAX_BLOB_NAME:
+        return f"is over {MAX_BLOB_NAME} characters"
+    if re.search(r"[\x00-\x1f\x7f-\x9f]", name):
+        return "has a control character"
+    if "\\" in name:
+        return "has a backslash"
+    if name.startswith("/"):
+        return "starts with '/'"
+    if {"", ".", ".."} & set(name.split("/")):  # HTTP clients resolve 'q/../other/x' to 'other/x'
+        return "has an empty, '.' or '..' part"
+    return ""
+
+
+def blob_endpoint() -> str:
+    """The blob service's address, fit to print: no SAS token, no trailing slash."""
+    url = urlsplit(blob_service().url)
+    return f"{url.scheme}://{url.netloc}{url.path.rstrip('/')}"
 
 
 # --- when the service is not there ---------------------------------------------------------
@@ -368,10 +423,12 @@ def explain(error: Exception) -> tuple[str, int] | None:
 
 
 class Outage:
-    """One warning when the service goes away - however many queues and threads of a consumer
-    notice it - and one line when it answers again."""
+    """One warning when a service goes away - however many queues and threads of a consumer
+    notice it - and one line when it answers again. `outage` is the queue service's;
+    `blob_outage` the blob service's (claim-check), whose calls go in `with blob_outage.watch()`."""
 
-    def __init__(self) -> None:
+    def __init__(self, service: str = "queue") -> None:
+        self.service = service
         self._lock = threading.Lock()
         self.active = False
 
@@ -379,23 +436,50 @@ class Outage:
         """True if `error` is an outage (warned about once per outage), else False."""
         if not is_outage(error):
             return False
+        if getattr(error, "outage_of", self.service) != self.service:
+            return True  # another service's, warned about by its own Outage (see watch())
         with self._lock:
             warn, self.active = not self.active, True
         if warn:
-            what = f"the queue service answers {in_short(error)}"
-            if isinstance(error, UNREACHABLE):
-                what = unreachable_message(error)
-            log.warning(f"{what}; retrying with backoff")
+            if self.service == "queue":
+                what = f"the queue service answers {in_short(error)}"
+                if isinstance(error, UNREACHABLE):
+                    what = unreachable_message(error)
+                log.warning(f"{what}; retrying with backoff")
+            else:
+                what = "cannot be reached"
+                if not isinstance(error, UNREACHABLE):
+                    what = f"answers {in_short(error)}"
+                log.warning(
+                    f"the {self.service} service at {blob_endpoint()} {what}; the messages "
+                    "that need it are left to come back (not counted as failed attempts)"
+                )
         return True
 
     def over(self, log: logging.Logger) -> None:
         with self._lock:
             was, self.active = self.active, False
         if was:
-            log.info("the queue service answers again; carrying on")
+            log.info(f"the {self.service} service answers again; carrying on")
+
+    @contextmanager
+    def watch(self, log: logging.Logger) -> Iterator[None]:
+        """Calls to this service in the block: an outage is warned about once, as this
+        service's, and the first answer after it says it is over. The error goes on, marked,
+        so that settle() leaves the message to come back without blaming the queue service."""
+        try:
+            yield
+        except Exception as error:
+            if self.noticed(log, error):
+                error.outage_of = self.service  # type: ignore[attr-defined]
+            else:
+                self.over(log)  # it answered (a 404 is an answer)
+            raise
+        self.over(log)
 
 
 outage = Outage()
+blob_outage = Outage("blob")
 
 
 # --- sending --------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ releases are named at the end of their row.
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,17 +67,58 @@ class Journey:
         return (max(hop.end for hop in self.hops) - self.begin) / 1e6
 
 
-def read_spans(path: Path) -> list[dict[str, Any]]:
-    """The spans in a traces file; a line that is not a span (cut short by kill -9) is skipped."""
-    spans = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            span = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(span, dict) and {"trace_id", "start_ns", "end_ns"} <= span.keys():
-            spans.append(span)
-    return spans
+def read_spans(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The spans in a traces file, and how many lines were skipped: a line cut short (kill -9
+    in the middle of a write), or anything else that is not a span as tracing.py writes it."""
+    spans, skipped = [], 0
+    with path.open("rb") as lines:  # bytes: a line that is not UTF-8 is skipped, not fatal
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                span = json.loads(line.decode("utf-8"))
+            except (ValueError, RecursionError):  # not UTF-8, not JSON, too deep or too big
+                span = None
+            if is_span(span):
+                spans.append(span)
+            else:
+                skipped += 1
+    return spans, skipped
+
+
+NS_MAX = 2**63  # nanoseconds since 1970 fit in 63 bits until the year 2262
+MS_MAX = 1e12  # no wait lasts 30 years
+
+
+def is_span(span: Any) -> bool:
+    """A span with every field the drawing reads, each of the type it needs."""
+    if not isinstance(span, dict):
+        return False
+    attributes, events = span.get("attributes", {}), span.get("events", [])
+    if not (isinstance(attributes, dict) and isinstance(events, list)):
+        return False
+    start, end = span.get("start_ns"), span.get("end_ns")
+    return (
+        all(isinstance(span.get(key), str) for key in ("trace_id", "span_id"))
+        and all(isinstance(span.get(key), str | None) for key in ("parent_id", "kind", "service"))
+        and type(start) is int and type(end) is int and 0 <= start <= end < NS_MAX
+        and all(
+            isinstance(attributes.get(key, ""), str)
+            for key in ("app.id", "messaging.destination.name", "outcome")
+        )
+        and all(_is_ms(attributes.get(key, 0)) for key in ("queue.wait_ms", "queue.poll_wait_ms"))
+        and all(
+            isinstance(event, dict)
+            and isinstance(event.get("name"), str)
+            and isinstance(event.get("attributes", {}), dict)
+            and isinstance(event.get("attributes", {}).get("reason", ""), str)
+            for event in events
+        )
+    )  # fmt: skip
+
+
+def _is_ms(value: Any) -> bool:
+    return type(value) in (int, float) and 0 <= value <= MS_MAX  # NaN compares false
 
 
 def journeys(spans: list[dict[str, Any]]) -> list[Journey]:
@@ -91,34 +133,35 @@ def journeys(spans: list[dict[str, Any]]) -> list[Journey]:
         app_id = ""
         for span in sorted(members, key=lambda s: s["start_ns"]):
             attributes = span.get("attributes", {})
-            app_id = app_id or attributes.get("app.id", "")
-            queue = attributes.get("messaging.destination.name", "?")
+            app_id = app_id or cli.printable(attributes.get("app.id", ""))
+            queue = cli.printable(attributes.get("messaging.destination.name", "?"))
             parent = by_id.get(span.get("parent_id") or "")
             if span.get("kind") == "producer" and parent and parent.get("kind") == "consumer":
                 continue  # a forward or reply: drawn as part of its consumer's work
             hop = Hop(
-                role=span.get("service") or "?",
+                role=cli.printable(span.get("service") or "?"),
                 action="process" if span.get("kind") == "consumer" else "send",
                 queue=queue,
                 queued=span["start_ns"],
                 start=span["start_ns"],
                 end=span["end_ns"],
-                outcome=attributes.get("outcome", ""),
+                outcome=cli.printable(attributes.get("outcome", "")),
             )
             if "queue.wait_ms" in attributes:
                 hop.queued = span["start_ns"] - round(attributes["queue.wait_ms"] * 1e6)
                 hop.poll_ms = attributes.get("queue.poll_wait_ms")
             for event in span.get("events", []):
                 reason = event.get("attributes", {}).get("reason")
-                hop.notes.append(f"{event['name']}: {reason}" if reason else event["name"])
+                note = f"{event['name']}: {reason}" if reason else event["name"]
+                hop.notes.append(cli.printable(note))
             for child in members:
                 if child.get("parent_id") == span["span_id"] and child.get("kind") == "producer":
                     child_queue = child.get("attributes", {}).get("messaging.destination.name")
-                    hop.sends.append((child["start_ns"], child_queue or "?"))
+                    hop.sends.append((child["start_ns"], cli.printable(child_queue or "?")))
             hops.append(hop)
         if hops:
             hops.sort(key=lambda hop: hop.start)
-            found.append(Journey(trace_id, app_id, hops))
+            found.append(Journey(cli.printable(trace_id), app_id, hops))
     return sorted(found, key=lambda journey: journey.begin)
 
 
@@ -162,8 +205,9 @@ def mermaid(journey: Journey) -> str:
     def alias(name: str) -> str:
         return names.setdefault(name, f"P{len(names)}")
 
-    def plain(text: str) -> str:  # without the characters Mermaid reads as syntax
-        return text.replace(";", ",").replace("#", "")
+    def plain(text: str) -> str:  # without the characters Mermaid reads as syntax (line
+        # breaks are escaped already: no text from the file can add a line to the diagram)
+        return cli.printable(text).replace(";", ",").replace("#", "")
 
     begin, app_id = journey.begin, plain(journey.app_id)
     events: list[tuple[int, int, str]] = []  # (time, order, line)
@@ -186,9 +230,9 @@ def mermaid(journey: Journey) -> str:
             note += " - " + "; ".join(reasons)
         note = plain(note)
         events.append((hop.end, 3, f"    Note over {role}: {note}"))
-    lines = ["sequenceDiagram", f"    title {app_id or journey.trace_id}: "
+    lines = ["sequenceDiagram", f"    title {app_id or plain(journey.trace_id)}: "
              f"{journey.total_ms:.1f} ms"]  # fmt: skip
-    lines += [f"    participant {a} as {name}" for name, a in names.items()]
+    lines += [f"    participant {a} as {plain(name)}" for name, a in names.items()]
     lines += [line for _, _, line in sorted(events)]
     return "\n".join(lines)
 
@@ -217,17 +261,25 @@ def main() -> int:
             f"no traces file at {args.file}: "
             f"run the scripts with {tracing.EXPORTER_VAR}=jsonl first"
         )
-    found = journeys(read_spans(args.file))
+    try:
+        spans, skipped = read_spans(args.file)
+    except OSError as error:  # e.g. not readable
+        raise Fatal(f"cannot read {args.file}: {error.strerror}") from None
+    not_spans = f"{skipped} line(s) skipped: not spans as the scripts write them" if skipped else ""
+    found = journeys(spans)
     if args.id is not None:
         found = [j for j in found if j.app_id == args.id]
         if not found:
-            raise Fatal(f"no journey of {args.id!r} in {args.file}", exit_code=1)
+            also = f" ({not_spans})" if not_spans else ""
+            raise Fatal(f"no journey of {args.id!r} in {args.file}{also}", exit_code=1)
     if args.slowest:
         found = sorted(found, key=lambda j: j.total_ms, reverse=True)[: args.slowest]
     if args.mermaid:
         print("\n\n".join(mermaid(journey) for journey in found))
     else:
         print("\n\n".join([LEGEND, *(timeline(journey) for journey in found)]))
+    if not_spans:  # on stderr: a Mermaid diagram on stdout stays a diagram
+        print(f"{args.file}: {not_spans}", file=sys.stderr, flush=True)
     return 0
 
 

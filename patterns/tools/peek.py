@@ -22,15 +22,17 @@ from patterns.helper import Fatal, cli, codec, connect
 
 
 def pretty(text: str) -> str:
-    """JSON pretty-printed (a poison record's JSON body as well); anything else as it is."""
+    """JSON pretty-printed (a poison record's JSON body as well); anything else as it is.
+    Control characters are escaped either way: a message cannot clear or add to the screen."""
     try:
         body: Any = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        return text
-    if isinstance(body, dict) and isinstance(body.get("body"), str) and "source_queue" in body:
-        with contextlib.suppress(json.JSONDecodeError):  # show the original readably
-            body = {**body, "body": json.loads(codec.readable(body["body"])[0])}
-    return json.dumps(body, indent=2, ensure_ascii=False)
+        if isinstance(body, dict) and isinstance(body.get("body"), str) and "source_queue" in body:
+            with contextlib.suppress(ValueError, RecursionError):  # show the original readably
+                body = {**body, "body": json.loads(codec.readable(body["body"])[0])}
+        shown = json.dumps(body, indent=2, ensure_ascii=False)
+    except (ValueError, RecursionError):  # not JSON, or too deep or big a number for Python
+        return cli.printable(text)
+    return "\n".join(cli.printable(line) for line in shown.split("\n"))
 
 
 def describe(n: int, message: QueueMessage) -> str:

@@ -10,50 +10,101 @@ consumers get --max-attempts fresh tries. Each message is sent to QUEUE first an
 the poison queue only then: stopped halfway (Ctrl+C, a crash), nothing is lost; at worst one
 message is in both queues. A record whose body was too big for it keeps the body in a blob
 (claim-check): the body is read back from there, and the blob deleted once the message moved.
+
+A poison record is input like any message: a body blob is followed only inside poison-records,
+under `<queue>-poison/`, and only when it could have been a message (64 KiB of text at most).
+A record that cannot be moved stays in the poison queue, one line says why, the rest move on.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.storage.blob import BlobClient
 from azure.storage.queue import QueueMessage
 
-from patterns.helper import cli, codec, connect, consume
+from patterns.helper import BadMessage, cli, codec, connect, consume
 
 RECORD_KEYS = {"reason", "source_queue", "dequeue_count", "poisoned_at", "message_id"}
 
 
-def unwrap(text: str) -> tuple[str, dict[str, Any] | None]:
-    """(original body, poison record) for a poison message written by consume.Inbox.poison,
-    its body read from a blob if it was too big for the record; (text, None) for anything
-    else - e.g. a body that could not be stored either, kept as it was."""
+def unwrap(
+    text: str, poison_name: str, log: logging.Logger
+) -> tuple[str, dict[str, Any] | None, BlobClient | None]:
+    """(original body, poison record, the blob the body was read from) for a poison message
+    written by consume.Inbox.poison; (text, None, None) for anything else - e.g. a body that
+    could not be stored either, kept as it was. BadMessage: a record to leave where it is."""
     try:
         record = json.loads(codec.readable(text)[0])  # written in base64 mode: Base64 itself
-    except json.JSONDecodeError:
-        return text, None
+    except (ValueError, RecursionError):  # not JSON, or too deep or big a number for Python
+        return text, None, None
     if not (isinstance(record, dict) and record.keys() >= RECORD_KEYS):
-        return text, None
+        return text, None, None
+    if not (isinstance(record["source_queue"], str) and isinstance(record["reason"], str)):
+        raise BadMessage("a poison record whose source_queue or reason is not text")
     if isinstance(record.get("body"), str):
-        return record["body"], record
-    if isinstance(where := record.get("body_blob"), dict):
-        blob = connect.blob_service().get_blob_client(where["container"], where["blob"])
-        return blob.download_blob().readall().decode("utf-8"), record
-    return text, None
+        return record["body"], record, None
+    if "body_blob" in record:
+        blob = body_blob(record["body_blob"], poison_name, log)
+        return read_body(blob), record, blob
+    return text, None, None
+
+
+def body_blob(where: Any, poison_name: str, log: logging.Logger) -> BlobClient:
+    """The blob a record keeps its body in. Trust: a poison record is input like any message,
+    so only the poison-records container, only this poison queue's blobs; checked before any
+    request (a forged record could otherwise copy any blob into the queue, then delete it)."""
+    container, name = connect.blob_in(where, consume.POISON_RECORDS_CONTAINER, f"{poison_name}/")
+    return connect.blob_service(log).get_blob_client(container, name)
+
+
+def read_body(blob: BlobClient) -> str:
+    """A record's body from its blob: at most a queue message's size, UTF-8 text."""
+    try:
+        properties = blob.get_blob_properties()  # the size first: no download of a wrong one
+        if properties.size > codec.MAX_MESSAGE_BYTES:
+            raise BadMessage(
+                f"its body blob is {properties.size} bytes, more than a queue message holds"
+            )
+        data = blob.download_blob(
+            etag=properties.etag, match_condition=MatchConditions.IfNotModified
+        ).readall()
+    except ResourceNotFoundError:  # deleted by someone
+        raise BadMessage("its body blob is gone") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadMessage("its body blob is not UTF-8 text") from None
 
 
 def label(body: str, message: QueueMessage) -> str:
     """The application id of a body, if it has one, else the service's message id."""
     try:
         data = json.loads(codec.readable(body)[0])
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         data = None
     if isinstance(data, dict):
         for key in ("id", "order_id", "correlation_id"):
             if isinstance(data.get(key), str | int):
-                return str(data[key])
+                return str(data[key])[:80]
     return f"message {message.id}"
+
+
+def delete_body_blob(blob: BlobClient, log: logging.Logger) -> None:
+    """Delete a record's body blob once its message is back in its queue."""
+    try:
+        blob.delete_blob()
+    except ResourceNotFoundError:
+        pass  # already gone: what we wanted
+    except (HttpResponseError, *connect.UNREACHABLE) as error:
+        log.warning(
+            f"could not delete blob {blob.container_name}/{blob.blob_name} "
+            f"({connect.in_short(error)}): an orphan now"
+        )
 
 
 def main() -> int:
@@ -82,11 +133,12 @@ def main() -> int:
     limit = min(args.count, waiting) if args.count is not None else waiting
     target = connect.open_queue(args.queue, log)
     stop = cli.Shutdown()
-    moved = 0
+    moved = kept = 0
 
-    # Leaving the Inbox hands back, at once, anything received but not moved (Ctrl+C).
+    # Leaving the Inbox hands back, at once, anything received but not moved (Ctrl+C, or a
+    # record left where it is).
     with consume.Inbox(poison_name, log, visibility_timeout=60) as poisoned:
-        while moved < limit and not stop.requested:
+        while moved < limit and moved + kept < waiting and not stop.requested:
             batch = poisoned.receive(min(connect.MAX_BATCH, limit - moved))
             if not batch:
                 break  # the rest is held by someone else, or gone
@@ -94,21 +146,21 @@ def main() -> int:
                 if stop.requested:
                     break
                 try:
-                    body, record = unwrap(message.content or "")
-                except ResourceNotFoundError:  # its body's blob was deleted by someone
-                    log.warning(f"message {message.id}: its body's blob is gone; left as it is")
+                    body, record, blob = unwrap(message.content or "", poison_name, log)
+                    target.send_message(body)  # first the copy ...
+                except (BadMessage, HttpResponseError, *connect.UNREACHABLE) as error:
+                    kept += 1  # one bad record must not hold up the ones behind it
+                    why = str(error) if isinstance(error, BadMessage) else connect.in_short(error)
+                    log.warning(f"left message {message.id} in '{poison_name}': {why}")
                     continue
                 if record is not None and record["source_queue"] != args.queue:
                     log.warning(
                         f"message {message.id} came from '{record['source_queue']}', "
                         f"not '{args.queue}'; moving it to '{args.queue}' as asked"
                     )
-                target.send_message(body)  # first the copy ...
                 # ... then the original (and a body's blob): an interruption loses nothing
-                if poisoned.delete(message) and record is not None and "body_blob" in record:
-                    where = record["body_blob"]
-                    blob = connect.blob_service().get_blob_client(where["container"], where["blob"])
-                    blob.delete_blob()
+                if poisoned.delete(message) and blob is not None:
+                    delete_body_blob(blob, log)
                 moved += 1
                 why = f" (it had failed: {record['reason']})" if record is not None else ""
                 log.info(f"moved {label(body, message)} back to '{args.queue}'{why}")
@@ -116,7 +168,7 @@ def main() -> int:
     left = poison.get_queue_properties().approximate_message_count
     log.info(
         f"moved {moved} message(s) from '{poison_name}' back to '{args.queue}'; "
-        f"{left} left in '{poison_name}'"
+        f"{left} left in '{poison_name}'" + (f" ({kept} could not be moved)" if kept else "")
     )
     return 0
 

@@ -137,7 +137,10 @@ def blob_lines(svc: QueueServiceClient, prefix: str, orphan_age: float) -> str:
                 f"blobs in {container}: {len(mine)} ({sum(b.size for b in mine)} bytes), "
                 f"{len(orphans)} orphan(s)" + (f", {unknown} not sure" if unknown else "")
             )
-            out += [f"  orphan: {b.name}  {b.size} bytes, {b.age:.0f} s old" for b in orphans]
+            out += [  # a blob name is anyone's text: escaped (cli.printable)
+                f"  orphan: {cli.printable(b.name)}  {b.size} bytes, {b.age:.0f} s old"
+                for b in orphans
+            ]
     if out:
         out.append(
             f"(orphan: no message refers to it, over {orphan_age:g} s old; not sure: younger, "
