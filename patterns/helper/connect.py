@@ -108,6 +108,7 @@ def service(log: logging.Logger | None = None) -> QueueServiceClient:
     if _service is None:
         config = settings.load_settings()
         encoding = codec.encoding()  # a bad value stops the script here, before any request
+        tracing.start(log)  # so do tracing settings that cannot work; says where spans go
         if log is not None:
             for note in config.notes:
                 log.warning(note)
