@@ -80,6 +80,10 @@ STOPS_AT_START = {  # settings, what the one line says
         {"OTEL_TRACES_EXPORTER": "bogus"},
         "OTEL_TRACES_EXPORTER='bogus' is not one of jsonl, otlp, console, none",
     ),
+    "otlp-address-without-scheme": (
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "localhost:4318"},
+        "the OTLP collector's address in OTEL_EXPORTER_OTLP_ENDPOINT must start with https://",
+    ),
 }
 
 

@@ -287,6 +287,7 @@ SAS = "QueueEndpoint=https://acct.queue.core.windows.net;SharedAccessSignature=s
         (f"{ACCT};QueueEndpoint=https://u:pw@acct.example/", "QueueEndpoint has a user name or"),
         (f"{ACCT};BlobEndpoint=http://127.0.0.1:{KEY[:9]}/a", "BlobEndpoint has a port that is"),
         (f"{ACCT};TableEndpoint=https://{KEY[:9]}+x.example", "TableEndpoint has no valid host"),
+        (f"{ACCT};QueueEndpoint=http://[{KEY[:9]}", "QueueEndpoint has no valid host name"),
         (f"{ACCT};QueueEndpoint=https://{KEY[:30]}.example", "QueueEndpoint holds part of the"),
         (f"{ACCT};QueueEndpoint=http://127.0.0.1:1/{KEY[8:40]}", "QueueEndpoint holds part of"),
         (f"{SAS[:-3]}{KEY};AccountName={KEY[:24].lower()}", "AccountName holds part of the key"),

@@ -226,7 +226,10 @@ def endpoint_problem(url: str) -> str | None:
     SAS, signs the requests)."""
     if not re.match(r"(?i)^https?://", url):
         return "must start with https:// (or http://)"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # 'http://[' (half an IPv6 address)
+        return "has no valid host name"
     if "@" in parts.netloc:
         return "has a user name or password in it (user:password@): remove it"
     try:

@@ -149,6 +149,10 @@ def _make_tracer() -> str:
         # Our one warning replaces the SDK's retry lines (a traceback's worth per batch).
         logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
         endpoint = otlp_endpoint()
+        if problem := settings.endpoint_problem(endpoint):
+            var = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+            var = var if os.environ.get(var, "").strip() else "OTEL_EXPORTER_OTLP_ENDPOINT"
+            raise Fatal(f"tracing: the OTLP collector's address in {var} {problem}")
         timeout = None if _otlp_timeout_set() else OTLP_TIMEOUT
         shown = settings.printable_url(endpoint)  # no user or password, should it have one
         exporter = _Otlp(OTLPSpanExporter(endpoint=endpoint, timeout=timeout), shown)
@@ -230,7 +234,10 @@ class _Otlp:
 
         if time.monotonic() < self.paused_until:
             return SpanExportResult.FAILURE
-        result = self.exporter.export(spans)
+        try:
+            result = self.exporter.export(spans)
+        except Exception:  # whatever the SDK meets: one warning below, not its traceback
+            result = SpanExportResult.FAILURE
         if result != SpanExportResult.SUCCESS:
             self.paused_until = time.monotonic() + OTLP_PAUSE
             _dropped(f"no OTLP collector took the spans at {self.endpoint} (is one running?)")
