@@ -345,10 +345,11 @@ def test_a_failing_task_is_retried_after_a_growing_backoff_then_poisoned(start, 
     assert len(taken) == 5
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(taken)]
     print("gaps between attempts (s):", gaps)
+    # The rule, not a ratio (a busy machine makes any attempt late): no attempt before its
+    # backoff is over (the service's clock counts whole seconds: 0.5 s of slack), and each one
+    # back before the 30 s visibility timeout would have brought it (the backoff, not that).
     for gap, wait in zip(gaps, [1, 2, 4, 8], strict=True):
-        assert wait - 0.5 <= gap <= wait + 5, gaps  # never early; late only by a busy machine
-    assert gaps[3] > gaps[1] > gaps[0] and gaps[3] > 2 * gaps[1], gaps  # growing
-    assert sum(gaps) < 4 * cli.VISIBILITY_TIMEOUT / 2, gaps  # well before 4 x the timeout
+        assert wait - 0.5 <= gap < cli.VISIBILITY_TIMEOUT, gaps
     assert message_count(service, qname) == 0
     assert consumer.stop() == 0
 
@@ -409,7 +410,8 @@ def test_concurrency_4_works_on_4_tasks_at_once_each_done_once(start, env, azuri
     assert len(done) == 8 and max(done.values()) == 1, done
     took = events[-1][0] - events[0][0]
     print(f"8 tasks x 1 s at --concurrency 4: {took:.2f} s from first took to last done")
-    assert took < 6, f"{took:.1f} s: not run 4 at a time (one at a time takes 8 s)"
+    in_work = list(itertools.accumulate(1 if what == "took" else -1 for _, what, _ in events))
+    assert max(in_work) == 4, f"in work at once, by the log: {in_work}"  # the rule, not a time
     assert max(held) <= 4, f"held {max(held)} messages with 4 workers"
     receives = [line for line in requests_logged(azurite, qname) if "peekonly" not in line]
     asked = [int(n) for line in receives for n in re.findall(r"numofmessages=(\d+)", line)]

@@ -26,6 +26,7 @@ import pytest
 from support import assert_refused, message_count, run_script
 
 from patterns.emulator import ROOT
+from patterns.helper import cli
 from patterns.helper.settings import CONNECTION_STRING_VAR, azurite_connection_string
 
 CONSUMED = "q" * 57  # a valid queue name, but one too long for its -poison queue (64 > 63)
@@ -321,3 +322,30 @@ def test_a_billion_tasks_start_at_once_in_little_memory_and_ctrl_c_stops_them(
     producer.send_signal(signal.SIGINT)
     assert producer.wait(15) == 130  # interrupted: the job was not done
     assert "Traceback" not in producer.text
+
+
+# --- numbers are ASCII digits (in-process: each script's own parser, nothing run) -----------
+
+ARABIC_INDIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+FULLWIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
+
+
+@pytest.mark.parametrize("module", scripts())
+def test_numeric_flags_take_ascii_digits_only(module, monkeypatch):
+    """int() and float() also read '٣' (Arabic-Indic 3), '３' (fullwidth) and '5_0' (50): a
+    flag takes only what --help shows. Each numeric flag's default, written those ways."""
+
+    def capture(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        raise Parsed(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(Parsed) as parsed:
+        importlib.import_module(module).main()
+    for action in parsed.value.args[0]._actions:
+        if not isinstance(action.type, cli._Range) or action.default is None:
+            continue
+        text = f"{action.default:g}" if isinstance(action.default, float) else str(action.default)
+        assert action.type(text) == action.default  # as written in ASCII: taken
+        for other in (text.translate(ARABIC_INDIC), text.translate(FULLWIDTH), "0_" + text):
+            with pytest.raises(argparse.ArgumentTypeError, match="expected"):
+                action.type(other)

@@ -1,21 +1,22 @@
 """Working with Azure Functions: AZURE_QUEUE_MESSAGE_ENCODING=base64 makes every script send and
 read Base64 text, as the Functions queue trigger expects; a message in the other encoding goes
 to poison alone, with a reason that says what to set, and redrive sends it back exactly as its
-sender wrote it. patterns/functions/ (a Python v2-model function app) cannot run here (no
-Functions host): its files are parsed and must name the queue, poison convention and values of
-our consumer's defaults; its function body is run on what our producer really sent."""
+sender wrote it. patterns/functions/ (a Python v2-model function app) is loaded by the real
+`azure-functions` package, as the host's worker loads it (no Functions host runs here): its
+trigger and settings must name the queue, poison convention and values of our consumer's
+defaults, and its function runs on what our producer really sent, handed over as by the host."""
 
 from __future__ import annotations
 
-import ast
 import base64
+import importlib.util
 import json
 import logging
 import re
-import sys
 import types
 from pathlib import Path
 
+import azure.functions as func
 import pytest
 from support import assert_refused, message_count, peek_bodies, run_script, send, wait_until
 from test_deploy import default_queue
@@ -218,23 +219,22 @@ def test_peek_shows_base64_decoded_and_says_so(env, service, qname):
     assert '"id": "task-9"' in result.stdout
 
 
-# --- the function app: what cannot run here must not drift from what can -----------------------
+# --- the function app, loaded by the real azure-functions package (no host runs here) --------
 
 
-def trigger_keywords() -> dict[str, object]:
-    """The keywords of the @app.queue_trigger(...) decorator in function_app.py."""
-    tree = ast.parse((FUNCTIONS / "function_app.py").read_text())
-    found = [
-        decorator
-        for node in ast.walk(tree)
-        if isinstance(node, ast.FunctionDef)
-        for decorator in node.decorator_list
-        if isinstance(decorator, ast.Call)
-        and isinstance(decorator.func, ast.Attribute)
-        and decorator.func.attr == "queue_trigger"
-    ]
-    assert len(found) == 1, "function_app.py has one queue-triggered function"
-    return {kw.arg: ast.literal_eval(kw.value) for kw in found[0].keywords if kw.arg}
+def load_function_app() -> types.ModuleType:
+    """function_app.py, imported as the Functions host's Python worker imports it: with the real
+    `azure-functions` package (the `test` extra installs it), which registers its function."""
+    spec = importlib.util.spec_from_file_location("function_app", FUNCTIONS / "function_app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def the_function(app: types.ModuleType) -> func.Function:
+    [function] = app.app.get_functions()  # what the host indexes: one function
+    return function
 
 
 def timespan(seconds: float) -> str:
@@ -244,14 +244,18 @@ def timespan(seconds: float) -> str:
 
 
 def test_the_function_reads_the_queue_our_consumer_reads_from_the_storage_the_settings_name():
-    keywords = trigger_keywords()
-    assert keywords["queue_name"] == default_queue(CONSUMER) == "tasks-queue"
+    [trigger] = the_function(load_function_app()).get_bindings()
+    assert trigger.get_dict_repr()["type"] == "queueTrigger"
+    assert trigger.queue_name == default_queue(CONSUMER) == "tasks-queue"
     local = json.loads((FUNCTIONS / "local.settings.json.example").read_text())["Values"]
     assert local["FUNCTIONS_WORKER_RUNTIME"] == "python"
-    assert local[str(keywords["connection"])] == "UseDevelopmentStorage=true"  # Azurite
+    assert local[trigger.connection] == "UseDevelopmentStorage=true"  # Azurite
     assert "azure-functions" in (FUNCTIONS / "requirements.txt").read_text()
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert "azure-functions" not in pyproject, "the Functions host provides it, not our deps"
+    dependencies = re.search(r"^dependencies = \[(.*?)^\]", pyproject, re.M | re.S)
+    assert dependencies and "azure-functions" not in dependencies.group(1), (
+        "the Functions host provides it; only the tests install it"
+    )
 
 
 def test_host_json_maps_our_consumer_defaults_and_conventions():
@@ -265,49 +269,39 @@ def test_host_json_maps_our_consumer_defaults_and_conventions():
     assert queues["messageEncoding"] == "base64"
 
 
-def load_function_app(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    """function_app.py, imported with a stand-in for azure.functions (the Functions host's
-    package, not installed here) whose decorators leave the function as it is."""
-    stand_in = types.ModuleType("azure.functions")
-
-    class FunctionApp:
-        def queue_trigger(self, **_: object):
-            return lambda function: function
-
-    stand_in.FunctionApp = FunctionApp  # type: ignore[attr-defined]
-    stand_in.QueueMessage = object  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "azure.functions", stand_in)
-    path = FUNCTIONS / "function_app.py"
-    module = types.ModuleType("function_app")
-    module.__file__ = str(path)
-    exec(compile(path.read_text(), str(path), "exec"), module.__dict__)
-    return module
-
-
 def test_the_function_does_our_consumers_work_on_what_our_producer_sent(
     env, service, qname, monkeypatch, caplog
 ):
     caplog.set_level(logging.INFO)
-    app = load_function_app(monkeypatch)
+    app = load_function_app()
     assert app.WORK_SECONDS == 2.0  # consumer.py's --work-seconds default
-    monkeypatch.setattr(app.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(app, "WORK_SECONDS", 0)
     produced = run_script(
         PRODUCER, "--queue", qname, "--count", "2", "--failing", "1", env=in_mode(env, "base64")
     )
     assert produced.returncode == 0, produced.stderr
+    function = the_function(app).get_user_function()
     ran = []
-    for text in peek_bodies(service, qname):
-        # What the host hands the function with "messageEncoding": "base64".
-        message = types.SimpleNamespace(
-            get_body=lambda text=text: base64.b64decode(text, validate=True), dequeue_count=1
+    for received in service.get_queue_client(qname).receive_messages(max_messages=32):
+        # What the host hands the function with "messageEncoding": "base64": the decoded
+        # body and the trigger's metadata, made into a QueueMessage by the package's converter.
+        message = func.queue.QueueMessageInConverter.decode(
+            func.meta.Datum(base64.b64decode(received.content, validate=True), "bytes"),
+            trigger_metadata={
+                "Id": func.meta.Datum(received.id, "string"),
+                "DequeueCount": func.meta.Datum(received.dequeue_count, "int"),
+                "PopReceipt": func.meta.Datum(received.pop_receipt, "string"),
+            },
         )
         try:
-            app.consumer(message)
+            function(message)
             ran.append("done")
         except RuntimeError as error:
             ran.append(str(error))
     assert sorted(ran) == ["done", "the task asked to fail"]
-    assert any(record.getMessage().startswith("done task-002-") for record in caplog.records)
+    logged = [record.getMessage() for record in caplog.records]
+    assert any(line.startswith("done task-002-") for line in logged), logged
+    assert any(re.match(r"took task-001-\S+ \(attempt 1\)$", line) for line in logged), logged
 
 
 def test_the_function_app_folder_is_all_there():

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from azure.storage.queue import QueueClient
@@ -31,12 +32,12 @@ from patterns.helper.consume import Backoff, Workers
 from patterns.helper.settings import (
     ACCOUNT_URL_VAR,
     AZURITE_ACCOUNT,
-    AZURITE_PORT,
     CONNECTION_STRING_VAR,
     Settings,
     azurite_connection_string,
     connection_string_problems,
     load_settings,
+    printable_url,
     redact,
 )
 from patterns.runner import Proc
@@ -260,6 +261,7 @@ def test_the_keeper_lives_on_after_an_unforeseen_error_and_drop_never_hangs():
 # --- configuration: what is wrong, said without a value ----------------------------------
 
 KEY = "Zm9yIHRlc3RzIG9ubHk6IHNoYXBlZCBsaWtlIGFuIGFjY291bnQga2V5LCBub3QgYSBrZXk="  # base64 text
+ACCT = f"AccountName=acct;AccountKey={KEY}"
 SAS = "QueueEndpoint=https://acct.queue.core.windows.net;SharedAccessSignature=sv=2022&sig=abc"
 
 
@@ -278,6 +280,17 @@ SAS = "QueueEndpoint=https://acct.queue.core.windows.net;SharedAccessSignature=s
         (f"AccountName=acct;AccountKey={KEY[:40]}\n{KEY[40:]}", "contains a space or line"),
         (f"DefaultEndpointsProtocol=ftp;AccountName=a;AccountKey={KEY}", "must be https"),
         (f"QueueEndpoint=127.0.0.1:1/a;AccountName=a;AccountKey={KEY}", "must start with https"),
+        # Values that get printed (in an address) may hold no key, nor a password.
+        (f"AccountName={KEY};AccountKey={KEY}", "AccountName is not a storage account name"),
+        (f"AccountName=Acct;AccountKey={KEY}", "AccountName is not a storage account name"),
+        (f"AccountName=acct;AccountKey={KEY};EndpointSuffix={KEY}", "EndpointSuffix is not a"),
+        (f"{ACCT};QueueEndpoint=https://u:pw@acct.example/", "QueueEndpoint has a user name or"),
+        (f"{ACCT};BlobEndpoint=http://127.0.0.1:{KEY[:9]}/a", "BlobEndpoint has a port that is"),
+        (f"{ACCT};TableEndpoint=https://{KEY[:9]}+x.example", "TableEndpoint has no valid host"),
+        (f"{ACCT};QueueEndpoint=http://[{KEY[:9]}", "QueueEndpoint has no valid host name"),
+        (f"{ACCT};QueueEndpoint=https://{KEY[:30]}.example", "QueueEndpoint holds part of the"),
+        (f"{ACCT};QueueEndpoint=http://127.0.0.1:1/{KEY[8:40]}", "QueueEndpoint holds part of"),
+        (f"{SAS[:-3]}{KEY};AccountName={KEY[:24].lower()}", "AccountName holds part of the key"),
     ],
 )
 def test_connection_string_problems_are_named_without_any_value(text, problem):
@@ -288,8 +301,12 @@ def test_connection_string_problems_are_named_without_any_value(text, problem):
 
 @pytest.mark.parametrize(
     "text",
-    [REAL, REAL + ";", azurite_connection_string(), SAS, "UseDevelopmentStorage=true"],
-)
+    [
+        REAL, REAL + ";", azurite_connection_string(), SAS, "UseDevelopmentStorage=true",
+        f"{ACCT};QueueEndpoint=https://acct.queue.example.com:8443/;EndpointSuffix=example.com",
+        f"{ACCT};QueueEndpoint=http://[::1]:10001/devstoreaccount1",
+    ],
+)  # fmt: skip
 def test_good_connection_strings_have_no_problems(text):
     assert connection_string_problems(text) == []
 
@@ -328,6 +345,16 @@ def test_an_empty_dotenv_variable_is_noted(tmp_path):
     dotenv.write_text('AZURE_STORAGE_CONNECTION_STRING=""\n')
     assert load_settings({}, dotenv).notes == (
         f"AZURE_STORAGE_CONNECTION_STRING is set but empty in {dotenv}: ignored",
+    )
+
+
+def test_printable_url_keeps_no_user_password_or_query():
+    assert (
+        printable_url("https://u:p@h.example:1/acct/?sv=1&sig=c2Vj") == "https://h.example:1/acct"
+    )
+    assert (
+        printable_url("http://[::1]:10001/devstoreaccount1")
+        == "http://[::1]:10001/devstoreaccount1"
     )
 
 
@@ -432,7 +459,9 @@ def entra_env(monkeypatch, tmp_path):
 
 
 def test_entra_client_with_the_real_azure_identity(entra_env):
-    identity = pytest.importorskip("azure.identity", reason="the optional extra `entra`")
+    """The `test` extra installs the `entra` extra: this runs everywhere, never skipped."""
+    from azure import identity
+
     client = service()
     assert isinstance(client.credential, identity.DefaultAzureCredential)
     assert client.account_name == "acct"
@@ -440,20 +469,19 @@ def test_entra_client_with_the_real_azure_identity(entra_env):
     assert client.get_queue_client("tasks-queue").url == f"{URL}/tasks-queue"
 
 
-def test_entra_client_uses_default_azure_credential(entra_env, monkeypatch):
-    """Runs without azure-identity installed: a stand-in module shows what the helper asks for."""
-    from azure.core.credentials import AccessToken
+def test_a_failed_entra_sign_in_is_one_line(entra_env):
+    """azure-identity's error (no `az login`) has no error_code and many lines: explained in
+    one line all the same, not an AttributeError's traceback."""
+    from azure.core.exceptions import ClientAuthenticationError
 
-    class FakeCredential:
-        def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
-            return AccessToken("token", int(time.time()) + 3600)
-
-    fake = type(sys)("azure.identity")
-    fake.DefaultAzureCredential = FakeCredential  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "azure.identity", fake)
-    client = service()
-    assert isinstance(client.credential, FakeCredential)
-    assert client.url.startswith(URL)
+    failed = ClientAuthenticationError(
+        message="DefaultAzureCredential failed to retrieve a token.\nAttempted credentials: ..."
+    )
+    assert connect.explain(failed) == (
+        "the queue service refused our credentials (DefaultAzureCredential failed to retrieve "
+        "a token.); check your Entra ID sign-in (`az login`)",
+        2,
+    )
 
 
 def test_entra_without_azure_identity_is_a_clear_fatal(entra_env, monkeypatch):
@@ -505,16 +533,30 @@ KEY_LIKE = re.compile(r"(?=[A-Za-z0-9+/]*[0-9+/])[A-Za-z0-9+/]{20,}")
 ENDPOINT = re.compile(r"https?://[^\s?]+")
 
 
+def key_pieces(output: str, secret: str = SECRET) -> list[str]:
+    """Every 20 characters in a row of `secret` that `output` holds, in any case (a host name
+    is printed lowercased)."""
+    pieces = {secret[i : i + 20] for i in range(len(secret) - 19)}
+    return sorted(piece for piece in pieces if piece.casefold() in output.casefold())
+
+
 def key_like(output: str) -> list[str]:
-    pieces = {SECRET[i : i + 20] for i in range(len(SECRET) - 19)}
-    return [p for p in pieces if p in output] + KEY_LIKE.findall(ENDPOINT.sub("", output))
+    return key_pieces(output) + KEY_LIKE.findall(ENDPOINT.sub("", output))
 
 
-def conn(port: str, key: str = SECRET) -> str:
-    return (
-        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={key};"
-        f"QueueEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
-    )
+def conn(port: str, key: str = SECRET, **parts: str) -> str:
+    """A connection string to 127.0.0.1:`port`; `parts` add to it or replace its parts."""
+    values = {
+        "DefaultEndpointsProtocol": "http",
+        "AccountName": AZURITE_ACCOUNT,
+        "AccountKey": key,
+        "QueueEndpoint": f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}",
+        **parts,
+    }
+    return "".join(f"{name}={value};" for name, value in values.items())
+
+
+QUOTED = quote(SECRET, safe="")  # the key as it would be written into a URL
 
 
 # id: (AZURE_STORAGE_CONNECTION_STRING or None for unset, .env text or None,
@@ -535,7 +577,15 @@ CASES = {
     "dead-port": (
         conn("{dead}"),
         None,
-        "cannot reach the queue service at http://127.0.0.1:{dead}/devstoreaccount1 - ",
+        "cannot reach the queue service at http://127.0.0.1:{dead}/devstoreaccount1 - is the "
+        'emulator running? Start it with `make emulator ARGS="--port {dead}"` (the address comes '
+        f"from {CONNECTION_STRING_VAR} in the environment)",
+        "",
+    ),
+    "dead-port-in-dotenv": (  # the hint says where the address came from, not "set it"
+        None,
+        f"{CONNECTION_STRING_VAR}={conn('{dead}')}\n",
+        f"(the address comes from {CONNECTION_STRING_VAR} in {{dotenv}})",
         "",
     ),
     "hung-port": (conn("{hung}"), None, "does not answer (nothing in 5 s)", ""),
@@ -543,14 +593,77 @@ CASES = {
     "empty-variable": (
         "",
         None,
-        f"cannot reach the queue service at http://127.0.0.1:{AZURITE_PORT}/devstoreaccount1",
+        "cannot reach the queue service at http://127.0.0.1:{default}/devstoreaccount1 - is the "
+        f"emulator running? Start it with `make emulator` (or set {CONNECTION_STRING_VAR})",
         f"warning: {CONNECTION_STRING_VAR} is set but empty in the environment: ignored",
     ),
     "bad-dotenv": (
         None,
         '# my settings\n\nAZURE_STORAGE_CONNECTION_STRING: "' + conn("{azurite}") + '"\n',
-        f"cannot reach the queue service at http://127.0.0.1:{AZURITE_PORT}/devstoreaccount1",
+        "cannot reach the queue service at http://127.0.0.1:{default}/devstoreaccount1",
         ".env line 3 is unreadable",
+    ),
+    # A key in the wrong place: refused before any request, in words that quote no value.
+    "key-as-account-name": (
+        "DefaultEndpointsProtocol=https;AccountName={key};AccountKey={key};"
+        "EndpointSuffix=core.windows.net",
+        None,
+        "AccountName is not a storage account name",
+        "",
+    ),
+    "key-as-password-in-the-endpoint": (
+        conn("{dead}", QueueEndpoint="http://user:{quoted}@127.0.0.1:{dead}/devstoreaccount1"),
+        None,
+        "QueueEndpoint has a user name or password in it",
+        "",
+    ),
+    "key-unquoted-after-user-in-the-endpoint": (
+        conn("{dead}", QueueEndpoint="https://user:{key}@127.0.0.1:{dead}/devstoreaccount1"),
+        None,
+        "QueueEndpoint has a port that is not a number",
+        "",
+    ),
+    "key-in-the-endpoint-path": (
+        conn("{dead}", QueueEndpoint="http://127.0.0.1:{dead}/{key}"),
+        None,
+        "QueueEndpoint holds part of the key",
+        "",
+    ),
+    "key-as-the-endpoint-host": (
+        conn("{dead}", QueueEndpoint="https://{key}.queue.core.windows.net"),
+        None,
+        "QueueEndpoint has no valid host name",
+        "",
+    ),
+    "key-as-endpoint-suffix": (
+        "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={key};EndpointSuffix={key}",
+        None,
+        "EndpointSuffix is not a domain name",
+        "",
+    ),
+    "key-as-password-in-the-blob-endpoint": (
+        conn("{azurite}", BlobEndpoint="http://{quoted}@127.0.0.1:{dead}/devstoreaccount1"),
+        None,
+        "BlobEndpoint has a user name or password in it",
+        "",
+    ),
+    "sas-signature-as-account-name": (
+        "AccountName={key};SharedAccessSignature=sv=2022-11-02&ss=q&srt=sco&sp=rl&sig={quoted}",
+        None,
+        "AccountName is not a storage account name",
+        "",
+    ),
+    "key-as-the-entra-account-url": (
+        None,
+        f"{ACCOUNT_URL_VAR}={{key}}\n",
+        f"{ACCOUNT_URL_VAR} must look like https://<account>.queue.core.windows.net",
+        "",
+    ),
+    "key-as-password-in-the-entra-account-url": (
+        None,
+        f"{ACCOUNT_URL_VAR}=https://user:{{quoted}}@acct.queue.core.windows.net\n",
+        "queue.core.windows.net; it has a user name or password in it",
+        "",
     ),
 }
 FALLS_BACK = {"empty-variable", "bad-dotenv"}  # to the local emulator on the default port
@@ -565,29 +678,41 @@ def hung_port() -> Iterator[int]:
 
 
 @pytest.fixture
-def default_port_refused() -> Iterator[None]:
-    """Port 10001 bound but not listening, so a fallback to the default emulator is refused
-    at once, whatever else this machine runs."""
+def default_port() -> Iterator[int]:
+    """A free port, bound but not listening (a connection to it is refused at once), to stand
+    in for the local emulator's default port: a fallback to the default must not reach an
+    emulator someone runs on 10001 (nor be skipped because one does)."""
     with socket.socket() as holder:
-        try:
-            holder.bind(("127.0.0.1", AZURITE_PORT))
-        except OSError:
-            pytest.skip(f"port {AZURITE_PORT} is in use here: the fallback would reach it")
-        yield
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
+
+
+# `python -c MOVED PORT MODULE ARGS...`: the script, with the local emulator's default port
+# moved to PORT (settings.AZURITE_PORT; everything else as in `python -m MODULE ARGS...`).
+MOVED = """
+import runpy, sys
+from patterns.helper import settings
+settings.AZURITE_PORT = int(sys.argv.pop(1))
+sys.argv[0] = sys.argv.pop(1)
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
 
 
 def run_both(
-    env: dict[str, str], cwd: Path, queue: str
+    env: dict[str, str], cwd: Path, queue: str, default_port: int | None = None
 ) -> dict[str, tuple[subprocess.CompletedProcess[str], float]]:
     """Run the producer and the consumer at the same time: each one's result, and how long
-    it took at most."""
+    it took at most. `default_port`: the local emulator's default port moved there."""
     began = time.monotonic()
     procs: dict[str, subprocess.Popen[str]] = {}
     results = {}
     try:
         for module in (PRODUCER, CONSUMER):
+            start = ["-m", module]
+            if default_port is not None:
+                start = ["-c", MOVED, str(default_port), module]
             procs[module] = subprocess.Popen(
-                [sys.executable, "-u", "-m", module, "--queue", queue], cwd=cwd, env=env,
+                [sys.executable, "-u", *start, "--queue", queue], cwd=cwd, env=env,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
         for module, proc in procs.items():
@@ -609,11 +734,10 @@ def run_both(
 def test_bad_configuration_is_one_line_exit_2_and_never_shows_the_key(
     case, request, azurite, hung_port, web_port, qname, tmp_path
 ):
-    if case in FALLS_BACK:
-        request.getfixturevalue("default_port_refused")
+    moved = request.getfixturevalue("default_port") if case in FALLS_BACK else None
     value, dotenv, shown, said = CASES[case]
-    fill = {"key": SECRET, "azurite": azurite.port, "dead": free_port(), "hung": hung_port}
-    fill["web"] = web_port
+    fill = {"key": SECRET, "quoted": QUOTED, "azurite": azurite.port, "dead": free_port()}
+    fill |= {"hung": hung_port, "web": web_port, "default": moved, "dotenv": tmp_path / ".env"}
     env = learner_env()
     if value is not None:
         env[CONNECTION_STRING_VAR] = value.format(**fill)
@@ -621,7 +745,7 @@ def test_bad_configuration_is_one_line_exit_2_and_never_shows_the_key(
         (tmp_path / ".env").write_text(dotenv.format(**fill))
     shown = shown.format(**fill)
 
-    for module, (result, took) in run_both(env, tmp_path, qname).items():
+    for module, (result, took) in run_both(env, tmp_path, qname, moved).items():
         assert_refused(result, shown)
         assert said in result.stdout, result.stdout
         output = result.stdout + result.stderr

@@ -341,10 +341,12 @@ def test_wait_after_idle_is_polling_wait_behind_others_is_not(
     spans = [s for s in spans_of(path) if s["name"] == f"process {v}"]
     assert len(spans) == 21
     first, burst = spans[0]["attributes"], [s["attributes"] for s in spans[1:]]
-    # After idle: the wait was validate asleep between polls (all of it but the few ms a
-    # send and an empty receive may overlap).
+    in_line = [a["queue.wait_ms"] - a["queue.poll_wait_ms"] for a in burst]  # behind others
+    # After idle: the wait was validate asleep between polls (all of it but what a send and an
+    # empty receive may overlap); in a burst, one order at a time, the later ones also waited
+    # behind the others - longer than any order waits for a receive to end (no tight margin:
+    # a busy machine stretches both).
     assert first["queue.poll_wait_ms"] > 0
-    assert first["queue.wait_ms"] - first["queue.poll_wait_ms"] < 50
-    # In a burst, one order at a time: the later ones also waited behind the others.
+    assert 0 <= first["queue.wait_ms"] - first["queue.poll_wait_ms"] < max(in_line)
     assert all(0 <= a["queue.poll_wait_ms"] <= a["queue.wait_ms"] for a in burst)
-    assert max(a["queue.wait_ms"] - a["queue.poll_wait_ms"] for a in burst) > 10
+    assert max(in_line) > 10

@@ -8,7 +8,8 @@ function runs, deletes it when the function returns, makes it visible again afte
 visibilityTimeout when the function raises, and after maxDequeueCount deliveries moves it to
 `tasks-queue-poison`. host.json sets those to our consumer's defaults. Feed it with our
 producer in base64 mode (AZURE_QUEUE_MESSAGE_ENCODING=base64), as the README shows. Needs the
-`azure-functions` package, which the Functions host provides; this project does not install it.
+`azure-functions` package, which the Functions host provides; this project installs it only for
+its tests, which load this file with it (tests/test_functions.py).
 """
 
 import json

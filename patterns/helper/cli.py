@@ -147,7 +147,9 @@ class _Range:
 
     def __call__(self, text: str) -> Any:
         try:
-            value = self.kind(text)
+            # int() and float() also take other scripts' digits ('٣') and underscores ('5_0'):
+            # a flag takes what it shows, ASCII digits.
+            value = self.kind(text) if text.isascii() and "_" not in text else math.nan
         except ValueError:
             value = math.nan
         if not self.fits(value):  # nan never fits

@@ -109,6 +109,7 @@ def service(log: logging.Logger | None = None) -> QueueServiceClient:
     if _service is None:
         config = settings.load_settings()
         encoding = codec.encoding()  # a bad value stops the script here, before any request
+        tracing.start(log)  # so do tracing settings that cannot work; says where spans go
         if log is not None:
             for note in config.notes:
                 log.warning(note)
@@ -163,10 +164,11 @@ def _signed_in_client(
             f"installed: run `pip install -e '.[entra]'`, or set {settings.CONNECTION_STRING_VAR} "
             "instead"
         ) from None
-    if not re.match(r"^https://[^/?#\s]+/?$", account_url):
-        raise Fatal(
-            f"{settings.ACCOUNT_URL_VAR} must look like https://<account>.queue.core.windows.net "
-            f"(got {settings.redact(account_url)!r})"
+    problem = settings.endpoint_problem(account_url)
+    if problem or not re.match(r"^https://[^/?#]+/?$", account_url):
+        raise Fatal(  # without the value: it may be a key pasted in the wrong place
+            f"{settings.ACCOUNT_URL_VAR} must look like https://<account>.queue.core.windows.net"
+            + (f"; it {problem}" if problem and account_url.startswith("https://") else "")
         )
     logging.getLogger("azure.identity").setLevel(logging.ERROR)  # no multi-line token chatter
     if log is not None:
@@ -263,9 +265,9 @@ def blob_container(name: str, log: logging.Logger | None = None) -> ContainerCli
                 f"blob container '{name}' is still being deleted; try again in a minute"
             ) from None
     except UNREACHABLE:
-        where = urlsplit(container.url)
+        where = settings.printable_url(blob_service().url)
         raise Fatal(
-            f"cannot reach the blob service at {where.scheme}://{where.netloc} - is the emulator "
+            f"cannot reach the blob service at {where} - is the emulator "
             "running with its blob service (`make emulator`)? (or check "
             f"{settings.CONNECTION_STRING_VAR})"
         ) from None
@@ -346,9 +348,8 @@ def in_short(error: BaseException) -> str:
 
 
 def endpoint() -> str:
-    """The queue service's address, fit to print: no SAS token, no trailing slash."""
-    url = urlsplit(service().url)
-    return f"{url.scheme}://{url.netloc}{url.path.rstrip('/')}"
+    """The queue service's address, fit to print: no SAS token, no password, no trailing /."""
+    return settings.printable_url(service().url)
 
 
 def _is_local() -> bool:
@@ -370,17 +371,25 @@ def unreachable_message(error: BaseException | None = None) -> str:
             else "check your network (firewall, proxy) and the endpoint"
         )
         return f"the queue service at {where} does not answer (nothing in {waited} s) - {check}"
+    config = settings.load_settings()
+    var = settings.ACCOUNT_URL_VAR if config.account_url else settings.CONNECTION_STRING_VAR
     if not local:
         return (
-            f"cannot reach the queue service at {where} - check the account name in "
-            f"{settings.CONNECTION_STRING_VAR} and your network"
+            f"cannot reach the queue service at {where} - check the account name in {var} "
+            f"(set in {config.where}) and your network"
         )
     start = "make emulator"
     if port != settings.AZURITE_PORT:
         start += f' ARGS="--port {port}"'
+    # Suggest setting the variable only when it is not set: else say where this address is from.
+    hint = (
+        f"or set {var}"
+        if config.source == "default"
+        else f"the address comes from {var} in {config.where}"
+    )
     return (
         f"cannot reach the queue service at {where} - is the emulator running? "
-        f"Start it with `{start}` (or set {settings.CONNECTION_STRING_VAR})"
+        f"Start it with `{start}` ({hint})"
     )
 
 
@@ -404,7 +413,9 @@ def explain(error: Exception) -> tuple[str, int] | None:
     if isinstance(error, UNREACHABLE):
         return unreachable_message(error), 2
     if isinstance(error, ClientAuthenticationError):
-        reason = error.error_code or error.reason or (error.message or "").strip().split("\n")[0]
+        # azure-identity's (no sign-in) has no error_code, and a message of many lines
+        reason = getattr(error, "error_code", None) or error.reason or error.message or ""
+        reason = str(reason).strip().split("\n")[0]
         check = (
             "your Entra ID sign-in (`az login`)"
             if settings.load_settings().account_url

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import find_dotenv
 from dotenv.parser import parse_stream
@@ -50,8 +51,11 @@ def _where(source: str) -> str:
 
 
 def azurite_connection_string(
-    port: int = AZURITE_PORT, host: str = "127.0.0.1", blob_port: int = AZURITE_BLOB_PORT
+    port: int | None = None, host: str = "127.0.0.1", blob_port: int = AZURITE_BLOB_PORT
 ) -> str:
+    """The local Azurite's connection string: on `port`, by default AZURITE_PORT (read when
+    called: the tests move it to a free port)."""
+    port = AZURITE_PORT if port is None else port
     return (
         f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
         f"QueueEndpoint=http://{host}:{port}/{AZURITE_ACCOUNT};"
@@ -145,6 +149,14 @@ CONNECTION_STRING_SHAPE = (
     "EndpointSuffix=core.windows.net"
 )
 BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+# A storage account's name (Azurite's devstoreaccount1 is one too): anything else in
+# AccountName is refused, since the name is printed as part of the endpoint's address.
+ACCOUNT_NAME = re.compile(r"^[a-z0-9]{3,24}$")
+HOST_NAME = re.compile(r"^(?:[a-z0-9-]{1,63}\.)*[a-z0-9-]{1,63}$|^[0-9a-f:.]+$")  # or an IP
+ENDPOINT_PARTS = [
+    name for name in CONNECTION_STRING_PARTS.values() if name.endswith(("Endpoint", "Uri"))
+]
+SECRET_PIECE = 20  # characters: no value but the key's own may hold this much of a key
 
 
 def connection_string_problems(text: str) -> list[str]:
@@ -187,9 +199,67 @@ def connection_string_problems(text: str) -> list[str]:
         problems.append("AccountKey is not a key (a key is base64 text, often ending in '=')")
     if found.get("DefaultEndpointsProtocol", "https").lower() not in ("http", "https"):
         problems.append("DefaultEndpointsProtocol must be https (or http)")
-    if not re.match(r"(?i)^https?://", found.get("QueueEndpoint", "https://")):
-        problems.append("QueueEndpoint must start with https:// (or http://)")
+    # Every value below is printed one day (in an address, in an error): none may hold a key.
+    if "AccountName" in found and not ACCOUNT_NAME.match(found["AccountName"]):
+        problems.append(
+            "AccountName is not a storage account name (3-24 lowercase letters and digits; "
+            "the key goes in AccountKey)"
+        )
+    for name in ENDPOINT_PARTS:
+        if name in found and (problem := endpoint_problem(found[name])):
+            problems.append(f"{name} {problem}")
+    if not HOST_NAME.match(found.get("EndpointSuffix", "core.windows.net").lower()):
+        problems.append("EndpointSuffix is not a domain name (core.windows.net)")
+    signature = re.findall(r"(?i)(?:^|&)sig=([^&]+)", found.get("SharedAccessSignature", ""))
+    secrets = [found.get("AccountKey", ""), *signature]
+    for name, value in found.items():
+        if name not in ("AccountKey", "SharedAccessSignature") and any(
+            holds_piece_of(value, secret) for secret in secrets
+        ):
+            problems.append(f"{name} holds part of the key: the key goes in AccountKey only")
     return problems
+
+
+def endpoint_problem(url: str) -> str | None:
+    """What is wrong with an endpoint's address ('has no valid host name'), without quoting
+    it. The address gets printed, so a user name or password in it is refused (the key, or a
+    SAS, signs the requests)."""
+    if not re.match(r"(?i)^https?://", url):
+        return "must start with https:// (or http://)"
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # 'http://[' (half an IPv6 address)
+        return "has no valid host name"
+    if "@" in parts.netloc:
+        return "has a user name or password in it (user:password@): remove it"
+    try:
+        parts.port  # noqa: B018  (raises ValueError when it is not a number)
+    except ValueError:
+        return "has a port that is not a number from 0 to 65535"
+    if not HOST_NAME.match(parts.hostname or ""):
+        return "has no valid host name"
+    return None
+
+
+def holds_piece_of(text: str, secret: str, piece: int = SECRET_PIECE) -> bool:
+    """Whether `text` holds `piece` characters in a row of `secret` (in any case: a host name
+    is shown lowercased)."""
+    text, secret = text.casefold(), secret.casefold()
+    return any(secret[i : i + piece] in text for i in range(len(secret) - piece + 1))
+
+
+def printable_url(url: str) -> str:
+    """An address fit to print: scheme, host, port and path; no user name or password, no
+    query (a SAS token), no trailing slash."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}{parts.path.rstrip('/')}"
 
 
 def _is_base64(text: str) -> bool:

@@ -12,6 +12,12 @@ Setting only OTEL_EXPORTER_OTLP_ENDPOINT means otlp. Unset (or `none`), nothing 
 opentelemetry is never imported: tracing costs nothing unless asked for. It needs the extra:
 pip install -e '.[trace]'. OTEL_SERVICE_NAME names the process (default: the script's name).
 
+Switched on wrongly, it must not break the pattern: `start()` (called once, before the first
+request) refuses settings that cannot work in one line (an unknown exporter, OpenTelemetry
+not installed, a traces file that cannot be opened) and says where spans go; a span that
+cannot be written or sent later (disk full, file removed, no collector) is warned about once
+and dropped: the work goes on.
+
 Queue Storage messages have no headers, so the W3C trace context travels in the JSON body:
 `"traceparent"` (and `"queued_at"`, the send time, so each hop's wait in the queue is known).
 One trace per journey: the producer's send starts it, each consumer's receive -> work ->
@@ -22,6 +28,7 @@ continues it. A message without a traceparent starts a new trace; it is never re
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
@@ -32,12 +39,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from patterns.helper import codec
+from patterns.helper import codec, settings
 
 EXPORTER_VAR = "OTEL_TRACES_EXPORTER"
 FILE_VAR = "OTEL_TRACES_FILE"  # ours: where the jsonl exporter writes
 DEFAULT_FILE = "traces.jsonl"
 EXPORTERS = ("jsonl", "otlp", "console")
+# An OTLP export waits at most this long (the SDK's default, 10 s, retried with backoff, was
+# added to every exit when no collector listened); OTEL_EXPORTER_OTLP_TIMEOUT overrides it.
+OTLP_TIMEOUT = 1.0
+OTLP_PAUSE = 5.0  # after a failed export, batches are dropped unsent for this long
 ID_KEYS = ("id", "order_id", "correlation_id")  # the application ids our messages carry
 
 
@@ -53,9 +64,43 @@ def traces_file(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(environ.get(FILE_VAR, "").strip() or DEFAULT_FILE)
 
 
+def otlp_endpoint(environ: Mapping[str, str] = os.environ) -> str:
+    """Where the otlp exporter posts spans (OpenTelemetry's own variables and default)."""
+    if url := environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip():
+        return url
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or "http://localhost:4318"
+    return base.rstrip("/") + "/v1/traces"
+
+
 ENABLED = exporter_name() is not None
-_tracer: Any = None  # made on first use, so that an unused switch imports nothing either
+_tracer: Any = None  # made at start (or on first use), so that an unused switch imports nothing
 _lock = threading.Lock()  # the producer's send threads all ask for it at once
+_log = logging.getLogger("patterns.tracing")  # the script's own logger, once start() has it
+_warned = False  # a span that cannot be written or sent is warned about once per process
+
+
+def start(log: logging.Logger | None = None) -> None:
+    """Check the tracing settings before the script sends a request: what cannot work is a
+    Fatal, said in one line (exit 2). When tracing is on, say where spans go."""
+    global _log
+    if not ENABLED:
+        return
+    if log is not None:
+        _log = log
+    with _lock:
+        if _tracer is not None:
+            return  # already started: said once
+        destination = _make_tracer()
+    _log.info(f"tracing: spans go to {destination} ({EXPORTER_VAR}={exporter_name()})")
+
+
+def _dropped(why: str) -> None:
+    """One warning for the first span that could not be written or sent; the rest are
+    dropped silently: tracing never stops the work."""
+    global _warned
+    if not _warned:
+        _warned = True
+        _log.warning(f"tracing: {why}; spans are dropped, the work goes on")
 
 
 def _service_name() -> str:
@@ -74,8 +119,14 @@ def _get_tracer() -> Any:
     return _tracer
 
 
-def _make_tracer() -> None:
+def _make_tracer() -> str:
+    """Set up the exporter the environment asks for; where its spans go, for the start line."""
     global _tracer
+    from patterns.helper import Fatal
+
+    name = exporter_name()
+    if name not in EXPORTERS:
+        raise Fatal(f"{EXPORTER_VAR}={name!r} is not one of {', '.join(EXPORTERS)}, none")
     try:
         from opentelemetry import trace
         from opentelemetry.sdk.resources import Resource
@@ -86,47 +137,114 @@ def _make_tracer() -> None:
             SimpleSpanProcessor,
         )
     except ImportError:
-        from patterns.helper import Fatal
-
         raise Fatal(
             f"{EXPORTER_VAR} is set but OpenTelemetry is not installed: "
             "pip install -e '.[trace]' (or unset the variable)"
         ) from None
-    name = exporter_name()
-    if name not in EXPORTERS:
-        from patterns.helper import Fatal
-
-        raise Fatal(f"{EXPORTER_VAR}={name!r} is not one of {', '.join(EXPORTERS)}, none")
     resource = Resource.create({"service.name": _service_name(), "process.pid": os.getpid()})
     provider = TracerProvider(resource=resource)
     if name == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        # Our one warning replaces the SDK's retry lines (a traceback's worth per batch).
+        logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
+        endpoint = otlp_endpoint()
+        if problem := settings.endpoint_problem(endpoint):
+            var = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+            var = var if os.environ.get(var, "").strip() else "OTEL_EXPORTER_OTLP_ENDPOINT"
+            raise Fatal(f"tracing: the OTLP collector's address in {var} {problem}")
+        timeout = None if _otlp_timeout_set() else OTLP_TIMEOUT
+        shown = settings.printable_url(endpoint)  # no user or password, should it have one
+        exporter = _Otlp(OTLPSpanExporter(endpoint=endpoint, timeout=timeout), shown)
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        destination = f"the OTLP collector at {shown}"
     elif name == "console":
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+        destination = "stderr"
     else:  # one line per span, written when the span ends: nothing lost to kill -9
-        provider.add_span_processor(SimpleSpanProcessor(_JsonLines(traces_file())))
+        path = traces_file()
+        try:
+            exporter = _JsonLines(path)
+        except OSError as error:  # a missing folder, a directory, no permission
+            raise Fatal(
+                f"tracing: cannot open the traces file {str(path)!r} for appending "
+                f"({error.strerror}); set {FILE_VAR} to a file in a folder that exists, or "
+                f"unset {EXPORTER_VAR}"
+            ) from None
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        destination = repr(str(path))
     trace.set_tracer_provider(provider)  # flushed at exit by the SDK's own atexit hook
     _tracer = trace.get_tracer("azure-queue-patterns")
+    return destination
+
+
+def _otlp_timeout_set() -> bool:
+    names = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+    return any(os.environ.get(name, "").strip() for name in names)
 
 
 class _JsonLines:
     """A SpanExporter writing one JSON object per span, appended by every process alike."""
 
     def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.path = path
+        self.fd = self._open()
+        self.lock = threading.Lock()  # a consumer's workers end spans at once: one fd swap
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def export(self, spans: Any) -> Any:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
-        for span in spans:
-            line = json.dumps(span_record(span), ensure_ascii=False) + "\n"
-            os.write(self.fd, line.encode())  # one write per line: lines never interleave
+        try:
+            with self.lock:
+                if os.fstat(self.fd).st_nlink == 0:  # removed while we ran (to start afresh?)
+                    self.fd, removed = self._open(), self.fd
+                    os.close(removed)
+                for span in spans:
+                    line = json.dumps(span_record(span), ensure_ascii=False) + "\n"
+                    # One write per line: lines never interleave. Half a surrogate pair (an id
+                    # sent as "\ud800") is written as its JSON escape, not refused.
+                    os.write(self.fd, line.encode(errors="backslashreplace"))
+        except Exception as error:  # disk full, the folder removed, ...
+            reason = getattr(error, "strerror", None) or type(error).__name__
+            _dropped(f"cannot write spans to {str(self.path)!r} ({reason})")
+            return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
         os.close(self.fd)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class _Otlp:
+    """The SDK's OTLP exporter, with one warning instead of its retry lines, and a pause
+    after a failure: while no collector answers, batches are dropped at once instead of
+    each waiting out the timeout (at exit, too)."""
+
+    def __init__(self, exporter: Any, endpoint: str) -> None:
+        self.exporter, self.endpoint = exporter, endpoint
+        self.paused_until = 0.0
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        if time.monotonic() < self.paused_until:
+            return SpanExportResult.FAILURE
+        try:
+            result = self.exporter.export(spans)
+        except Exception:  # whatever the SDK meets: one warning below, not its traceback
+            result = SpanExportResult.FAILURE
+        if result != SpanExportResult.SUCCESS:
+            self.paused_until = time.monotonic() + OTLP_PAUSE
+            _dropped(f"no OTLP collector took the spans at {self.endpoint} (is one running?)")
+        return result
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
