@@ -9,7 +9,7 @@ import re
 import signal
 import time
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from azure.storage.queue import QueueClient
@@ -26,7 +26,10 @@ from support import (
     wait_until,
 )
 
+from patterns.emulator import Azurite
 from patterns.helper import cli
+from patterns.helper.settings import CONNECTION_STRING_VAR
+from patterns.runner import Proc
 
 CONSUMER = "patterns.competing_consumers.consumer"
 PRODUCER = "patterns.competing_consumers.producer"
@@ -86,6 +89,54 @@ def test_ctrl_c_mid_task_releases_it_at_once_and_exits_0(start, service, qname):
     assert time.monotonic() - pressed < 10, "released long before the 60 s visibility timeout"
     assert "processed 0 task(s)" in consumer.text
     assert "Traceback" not in consumer.text
+
+
+def test_ctrl_c_while_the_service_is_frozen_stops_within_seconds_and_says_so(tmp_path, qname):
+    """Azurite paused (SIGSTOP): a consumer with a task in work (its lease renewal stuck on the
+    frozen service) and an idle one (its receive stuck) both stop within a few seconds; the
+    release that failed says when the task comes back. Nothing is lost."""
+    emulator = Azurite(log_path=tmp_path / "azurite.log")  # our own: the session's runs on
+    env = {**os.environ, CONNECTION_STRING_VAR: emulator.connection_string}
+    with emulator:
+        assert emulator.process is not None
+        queue = QueueClient.from_connection_string(emulator.connection_string, qname)
+        queue.create_queue()
+        queue.send_message(json.dumps({"id": "held"}))
+        flags = ["--queue", qname, "--work-seconds", "60", "--idle-max", "0.2"]
+        working = Proc(CONSUMER, *flags, "--visibility-timeout", "2", env=env)  # renews each 1 s
+        idle = Proc(CONSUMER, *flags, "--queue", f"{qname}-idle", env=env)
+        paused = False
+        try:
+            working.wait_for("took held")
+            idle.wait_for("waiting for tasks")
+            os.kill(emulator.process.pid, signal.SIGSTOP)
+            paused = True
+            time.sleep(1.5)  # a renewal and a receive are now under way, and get no answer
+            pressed = time.monotonic()
+            working.send_signal(signal.SIGINT)
+            idle.send_signal(signal.SIGINT)
+            assert idle.wait(10) == 0
+            idle_took = time.monotonic() - pressed
+            assert working.wait(20) == 0
+            working_took = time.monotonic() - pressed
+            os.kill(emulator.process.pid, signal.SIGCONT)
+            paused = False
+        finally:
+            if paused:
+                os.kill(emulator.process.pid, signal.SIGCONT)
+            working.kill()
+            idle.kill()
+        print(f"stopped after {working_took:.1f} s (task in work), {idle_took:.1f} s (idle)")
+        assert working_took < 7, f"{working_took:.1f} s with a task in work"
+        assert idle_took < 4, f"{idle_took:.1f} s while idle"
+        assert working.matches(
+            r"warning: could not release message \S+ \(id held\): service unreachable; it "
+            r"comes back within 2 s, when its visibility timeout ends$"
+        ), working.text
+        assert working.text.endswith("stopped: processed 0 task(s)")
+        assert idle.text.endswith("stopped: processed 0 task(s)")
+        assert "Traceback" not in working.text + idle.text
+        assert queue.get_queue_properties().approximate_message_count == 1  # nothing lost
 
 
 def test_failing_and_malformed_tasks_go_to_poison_and_the_consumer_goes_on(start, service, qname):
@@ -375,6 +426,43 @@ def test_a_delay_must_end_before_the_message_expires(service, qname):
     queue = service.get_queue_client(qname)
     with pytest.raises(Fatal, match=r"delay of 60 s must be shorter than .* time to live \(60 s\)"):
         connect.send_json(queue, {"id": "late"}, time_to_live=60, delay=60)
+
+
+def test_a_delayed_task_lives_its_delay_plus_the_usual_7_days(env, service, qname):
+    """A time to live runs from the send, the delay included: with the default 7 days, a task
+    delayed 7 days would expire the second it became visible. It gets its delay on top."""
+    from patterns.helper import connect
+
+    producer = run_script(PRODUCER, "--queue", qname, "--count", "1", "--delay", "2", env=env)
+    assert producer.returncode == 0, producer.stderr
+    wait_until(lambda: peek_bodies(service, qname) != [], 10, "the task is due")
+    (due,) = service.get_queue_client(qname).peek_messages()
+    assert due.expires_on - due.inserted_on == timedelta(days=7, seconds=2)
+
+    week = connect.send_json(service.get_queue_client(qname), {"id": "next-week"}, delay=604800)
+    assert week.expires_on - week.next_visible_on == timedelta(days=7)
+
+
+def test_a_retry_that_would_come_after_the_message_expires_poisons_it_instead(
+    start, service, qname
+):
+    """A backoff past the message's expiry (here 120 s for a message that lives 60 s) would
+    let a failing task expire unseen: it goes to poison instead, saying why."""
+    service.create_queue(qname)
+    send(service, qname, {"id": "short-lived", "fail": True}, time_to_live=60)
+    consumer = start(
+        CONSUMER, "--queue", qname, "--work-seconds", "0", "--retry-backoff", "120",
+        "--retry-backoff-max", "604800",
+    )  # fmt: skip
+    consumer.wait_for(
+        rf"moved message \S+ \(id short-lived\) to '{qname}-poison': attempt 1 of 5 failed, "
+        r"and the next \(in 120 s\) would come after the message expires at "
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC; last: RuntimeError: the task asked to fail$"
+    )
+    assert consumer.stop() == 0
+    (record,) = service.get_queue_client(f"{qname}-poison").peek_messages()
+    assert json.loads(json.loads(record.content)["body"]) == {"id": "short-lived", "fail": True}
+    assert message_count(service, qname) == 0
 
 
 # --- --concurrency: several tasks at once in one consumer -------------------------------------

@@ -825,3 +825,66 @@ def test_a_failed_attempt_survives_an_outage_while_its_backoff_is_set(monkeypatc
         "next attempt after its visibility timeout (service unreachable)"
     )
     connect.outage.over(logger("test"))  # the warning of the outage is not this test's concern
+
+
+# --- the dequeue count is checked before the work, by every consumer --------------------------
+
+EVERY_CONSUMER = {  # name: (module, its flags, the queue it reads); {q} is the test's queue
+    "competing": ("patterns.competing_consumers.consumer", "--queue {q}", "{q}"),
+    "priority": ("patterns.priority.consumer", "--prefix {q} --levels high", "{q}-high-priority"),
+    "fanout": ("patterns.fanout.consumer", "--prefix {q}- --subscriber a", "{q}-a"),
+    "validate": (
+        "patterns.pipes_and_filters.validate",
+        "--input {q} --output {q}-out --rejected {q}-rej",
+        "{q}",
+    ),
+    "enrich": ("patterns.pipes_and_filters.enrich", "--input {q} --output {q}-out", "{q}"),
+    "finalize": ("patterns.pipes_and_filters.finalize", "--input {q}", "{q}"),
+    "replier": ("patterns.request_reply.replier", "--queue {q}", "{q}"),
+    "claim-check": ("patterns.claim_check.consumer", "--queue {q}", "{q}"),
+}
+
+
+@pytest.mark.parametrize("consumer", EVERY_CONSUMER)
+def test_every_consumer_poisons_a_message_delivered_too_often_before_working_on_it(
+    consumer, start, service, qname
+):
+    """A message whose consumers died on it (kill -9, out of memory) never reached settle()'s
+    count of failures; its dequeue count did go up. Every consumer checks it first."""
+    module, flags, queue = EVERY_CONSUMER[consumer]
+    queue = queue.format(q=qname)
+    client = service.get_queue_client(queue)
+    client.create_queue()
+    body = {"id": "used-up", "order_id": "used-up", "correlation_id": "used-up"}
+    client.send_message(json.dumps({**body, "reply_to": f"{qname}-replies"}))
+    for _ in range(3):  # three deliveries that ended without a word, as a killed consumer's
+        (taken,) = client.receive_messages(max_messages=1, visibility_timeout=60)
+        client.update_message(taken, visibility_timeout=0)
+
+    proc = start(module, *flags.format(q=qname).split(), "--max-attempts", "2", "--idle-max", "0.2")
+    proc.wait_for(
+        rf"moved message \S+ \(\w+ used-up\) to '{queue}-poison': delivered 4 times, more than "
+        r"--max-attempts 2; its consumer may have died on it each time$"
+    )
+    assert proc.stop() == 0
+    assert not proc.matches(r"took|done|forwarded|replied|attempt \d+ of"), proc.text
+    (record,) = service.get_queue_client(f"{queue}-poison").peek_messages()
+    assert json.loads(record.content)["reason"].startswith("delivered 4 times")
+    assert client.get_queue_properties().approximate_message_count == 0
+
+
+def test_redrive_moves_back_a_record_it_has_received_many_times(env, service, qname):
+    """redrive receives from the poison queue but works on nothing: a record whose dequeue
+    count grew (runs that left it, each a delivery) is moved back, not poisoned again."""
+    poison = service.get_queue_client(f"{qname}-poison")
+    poison.create_queue()
+    poison.send_message(json.dumps({"id": "often-seen"}))
+    for _ in range(6):
+        (taken,) = poison.receive_messages(max_messages=1, visibility_timeout=60)
+        poison.update_message(taken, visibility_timeout=0)
+
+    result = run_script("patterns.tools.redrive", qname, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    bodies = [m.content for m in service.get_queue_client(qname).peek_messages()]
+    assert bodies == ['{"id": "often-seen"}'], result.stdout
+    assert "poison-poison" not in result.stdout

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from collections import Counter
+from pathlib import Path
 
 import pytest
-from support import message_count, run_script, wait_until
+from support import message_count, peek_bodies, run_script, send, wait_until
 
+from patterns.load_leveling import autoscaler
 from patterns.load_leveling.autoscaler import desired
+from patterns.runner import Proc
 
 AUTOSCALER = "patterns.load_leveling.autoscaler"
 PRODUCER = "patterns.load_leveling.producer"
@@ -71,3 +75,39 @@ def test_a_burst_scales_consumers_up_drains_and_cools_back_down(start, env, serv
     assert len(started) > 1 and sorted(stopped) == sorted(started)
     assert stopped[-1] == started[0], "newest first: the first consumer is stopped last"
     assert [pid for pid in started if alive(pid)] == []
+
+
+def test_the_terminals_ctrl_c_reaches_only_the_autoscaler_which_stops_consumers_newest_first(
+    env, service, qname
+):
+    """Ctrl+C in a terminal signals its whole foreground process group. The consumers are in
+    sessions of their own, so each gets one stop, from the autoscaler, newest first; each
+    hands its task back at once."""
+    service.create_queue(qname)
+    scaler = Proc(
+        AUTOSCALER, "--queue", qname, "--min", "3", "--max", "3", "--interval", "0.5",
+        "--work-seconds", "60", env=env, own_group=True,  # as a terminal's foreground job
+    )  # fmt: skip
+    try:
+        scaler.wait_for(r"consumer\[\d+\] waiting for tasks", count=3)
+        for n in range(3):
+            send(service, qname, {"id": f"held-{n}"})
+        scaler.wait_for(r"consumer\[\d+\] took held-", count=3)
+        os.killpg(scaler.pid, signal.SIGINT)  # the terminal's Ctrl+C
+        assert scaler.wait(20) == 0
+    finally:
+        scaler.kill()
+    started = [int(m.group(1)) for m in scaler.matches(r"started consumer pid (\d+)")]
+    stopped = [int(m.group(1)) for m in scaler.matches(r"stopped consumer pid (\d+) \(exit 0\)")]
+    assert stopped == started[::-1], scaler.text
+    assert len(scaler.matches(r"consumer\[\d+\] released message \S+ \(id held-\d\)")) == 3
+    assert "interrupted" not in scaler.text and "Traceback" not in scaler.text
+    assert len(peek_bodies(service, qname)) == 3  # all back at once, not after 30 s
+    assert [pid for pid in started if alive(pid)] == []
+
+
+def test_the_autoscaler_starts_and_stops_processes_itself():
+    """Starting and stopping processes is the lesson: in the script, not in the test harness."""
+    source = Path(autoscaler.__file__).read_text()
+    assert "runner" not in source
+    assert "subprocess.Popen(" in source and "send_signal(signal.SIGINT)" in source

@@ -11,7 +11,8 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -77,7 +78,9 @@ class Interrupted(Exception):
 
 class Shutdown:
     """Ctrl+C / SIGTERM: the first asks the script to stop taking messages and to release the
-    one in hand; a second one stops at once."""
+    one in hand (and cuts short a receive under way: see interruptible()); a second Ctrl+C
+    stops at once. SIGTERM only ever asks: a process may be sent it more than once for one
+    stop (Linux sends a parent-death signal once per thread of the dying parent)."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
@@ -86,8 +89,12 @@ class Shutdown:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self._event.is_set():
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self._event.set()
+        if _cut_short:
+            raise Interrupted
 
     @property
     def requested(self) -> bool:
@@ -101,6 +108,25 @@ class Shutdown:
         """Sleep as part of the work: Ctrl+C interrupts it (raises Interrupted)."""
         if self._event.wait(seconds):
             raise Interrupted
+
+
+_cut_short = False  # the main thread is in an interruptible() block
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """The first Ctrl+C cuts the block short (Interrupted), in the main thread: for a request
+    that loses nothing if never answered, a receive (whatever it took comes back when its
+    visibility timeout ends), so that a frozen service cannot hold a stop up for seconds."""
+    global _cut_short
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers run in the main thread only: nothing to cut short here
+        return
+    _cut_short = True
+    try:
+        yield
+    finally:
+        _cut_short = False
 
 
 # --- arguments ------------------------------------------------------------------------------

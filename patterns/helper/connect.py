@@ -497,6 +497,7 @@ blob_outage = Outage("blob")
 
 MAX_BATCH = 32  # the service hands out (and lets us peek at) at most 32 messages per call
 NEVER_EXPIRE = -1  # time_to_live for poison and rejected records: someone must look at them
+TIME_TO_LIVE = 7 * 24 * 3600  # the service's default: a message lives 7 days
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -510,7 +511,12 @@ def send_json(
     """Send one JSON message. `time_to_live` (seconds) makes it expire if nobody takes it;
     `delay` (seconds, up to 7 days) keeps it invisible until then: its initial visibility
     timeout, which must end before the message expires."""
-    if delay and time_to_live not in (None, NEVER_EXPIRE) and delay >= time_to_live:
+    if delay and time_to_live is None:
+        # A message's time to live runs from the send, its delay included: with the default 7
+        # days, a task delayed 7 days would expire the second it became visible. So a delayed
+        # message lives its delay plus the usual 7 days: a whole life once it is due.
+        time_to_live = delay + TIME_TO_LIVE
+    if delay and time_to_live != NEVER_EXPIRE and delay >= time_to_live:
         raise Fatal(
             f"a delay of {delay} s must be shorter than the message's time to live "
             f"({time_to_live} s): it would expire before anyone could see it"

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from queue import SimpleQueue
 from typing import Any
 
@@ -20,6 +20,10 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.queue import QueueClient, QueueMessage
 
 from patterns.helper import BadMessage, Fatal, cli, codec, connect, tracing
+
+# Stopping, a release is one try of at most this many seconds (no retries): a message we
+# could not release comes back anyway when its visibility timeout ends.
+RELEASE_TIMEOUT = 2
 
 # Poison records too big for a message keep their reason: the body goes to a blob here, named
 # <queue>-poison/<message id>, and the record in <queue>-poison refers to it (body_blob).
@@ -41,7 +45,8 @@ class Inbox:
     before a failing message goes to `<name>-poison`; `batch_size`: messages per receive call;
     `idle_max`: the longest wait between two polls of an empty queue; `retry_backoff`: seconds
     before a failed task comes back, doubled per failure up to `retry_backoff_max` (0: it
-    comes back after its visibility timeout). Defaults: cli.py.
+    comes back after its visibility timeout). Defaults: cli.py. `max_attempts=None`: no one
+    works on these messages (a tool that moves them), so none is ever poisoned for its count.
 
     A context manager: messages received but not settled when the script stops (Ctrl+C, an
     error) are released at once instead of waiting out their visibility timeout.
@@ -56,7 +61,7 @@ class Inbox:
         log: logging.Logger,
         *,
         visibility_timeout: int = cli.VISIBILITY_TIMEOUT,
-        max_attempts: int = cli.MAX_ATTEMPTS,
+        max_attempts: int | None = cli.MAX_ATTEMPTS,
         batch_size: int = cli.BATCH_SIZE,
         idle_max: float = cli.IDLE_MAX,
         retry_backoff: int = cli.RETRY_BACKOFF,
@@ -71,10 +76,10 @@ class Inbox:
         self._keeper = _VisibilityKeeper(self.queue, visibility_timeout, log)
         self._poison: QueueClient | None = None
         self._held: dict[str, QueueMessage] = {}  # received, not yet settled
+        self._outage_ended: dict[str, int] = {}  # id -> its deliveries an outage ended, here
         self._lock = threading.Lock()  # for _held: workers settle at the same time
         self._poison_lock = threading.Lock()  # two workers poisoning at once: one creates it
-        self._undeliverable = False  # warned about a message the service cannot hand out?
-        self._one_by_one_until = 0.0  # receive single messages until then (see receive())
+        self._undeliverable = _Undeliverable(name, visibility_timeout, log)  # Azurite only
 
     def __enter__(self) -> Inbox:
         return self
@@ -82,8 +87,13 @@ class Inbox:
     def __exit__(self, *exc: object) -> None:
         with self._lock:
             held = list(self._held.values())
-        for message in held:
-            self.release(message)
+        for n, message in enumerate(held, 1):
+            if not self.release(message) and n < len(held):  # the service is away: stop asking
+                self.log.warning(
+                    f"{len(held) - n} other message(s) received but not worked on come back "
+                    "when their visibility timeout ends"
+                )
+                return
 
     def batch(self, stop: cli.Shutdown, most: int | None = None) -> Iterator[QueueMessage]:
         """The messages of one receive call (up to batch_size, and up to `most`: the workers
@@ -103,24 +113,23 @@ class Inbox:
             yield message
 
     def receive(self, max_messages: int = 1) -> list[QueueMessage]:
-        """One receive call for up to `max_messages` (1-32). [] on empty queue or outage."""
-        failed: list[str] = []  # 5xx answers within this call that the SDK retried away
-        if time.monotonic() < self._one_by_one_until:
-            max_messages = 1  # a message the service cannot hand out fails only itself
-
-        def note(response: Any) -> None:  # called for every try, retries included
-            answer = response.http_response
-            if answer.status_code >= 500:
-                failed.append(f"{answer.status_code} {answer.reason}")
-
+        """One receive call for up to `max_messages` (1-32): the messages to work on. [] on an
+        empty queue or an outage. A message already delivered more than max_attempts times is
+        moved to poison here, before any work: its consumer may have died on it each time
+        (out of memory, a crash, kill -9), and a dead process cannot count a failed attempt."""
+        answers: list[Any] = []  # every answer within this call, the SDK's retries included
+        max_messages = self._undeliverable.most(max_messages)
         try:
             pages = self.queue.receive_messages(
                 messages_per_page=max_messages,
                 max_messages=max_messages,
                 visibility_timeout=self.visibility_timeout,
-                raw_response_hook=note,
+                raw_response_hook=lambda response: answers.append(response.http_response),
             ).by_page()
-            messages = list(next(pages, []))  # only the first page: one request, no more
+            with cli.interruptible():  # Ctrl+C: stop now, even if the service does not answer
+                messages = list(next(pages, []))  # only the first page: one request, no more
+        except cli.Interrupted:
+            return []
         except ResourceNotFoundError:  # someone deleted the queue under us: make it again
             self.log.warning(f"queue '{self.name}' was deleted; creating it again")
             try:
@@ -130,32 +139,38 @@ class Inbox:
                     raise
             return []
         except Exception as error:
-            if not connect.outage.noticed(self.log, error):
+            self._undeliverable.check(answers)
+            if not connect.outage.noticed(self.log, error):  # 503 Server Busy: an outage too
                 raise
-            if isinstance(error, HttpResponseError):
-                self._one_by_one_until = time.monotonic() + 2 * self.visibility_timeout
             return []
         connect.outage.over(self.log)
-        if failed:
-            # Seen with Azurite: a message holding a character XML does not allow (a raw \x00
-            # sent by another client) is taken - hidden, dequeue count + 1 - but the answer
-            # that would carry it fails, with every message taken alongside, and no one ever
-            # gets its pop receipt. While this recurs, take one message per call.
-            self._one_by_one_until = time.monotonic() + 2 * self.visibility_timeout
-            if not self._undeliverable:
-                self._undeliverable = True
-                self.log.warning(
-                    f"a receive from '{self.name}' got {failed[0]} and worked when retried: "
-                    "the service holds a message it cannot hand out (Azurite: one with a "
-                    "character XML forbids, e.g. \\x00). No one can receive or delete it; it "
-                    f"comes back every {self.visibility_timeout} s until it expires. Receiving "
-                    "one message at a time meanwhile, so the others are still served (warned "
-                    "once)"
-                )
+        self._undeliverable.check(answers)
         with self._lock:
             self._held.update((message.id, message) for message in messages)
         tracing.received(messages, self.name)  # tracing: each message's queue wait ends here
-        return messages
+        return [message for message in messages if not self._used_up(message)]
+
+    def _used_up(self, message: QueueMessage) -> bool:
+        """Poison a message delivered more than max_attempts times; True if it was. Deliveries
+        that an outage ended in this process are not counted: not the message's doing."""
+        with self._lock:
+            excused = self._outage_ended.get(message.id, 0)
+        if self.max_attempts is None or message.dequeue_count - excused <= self.max_attempts:
+            return False
+        besides = f" (besides {excused} an outage ended)" if excused else ""
+        self.poison(
+            message,
+            f"delivered {message.dequeue_count - excused} times{besides}, more than "
+            f"--max-attempts {self.max_attempts}; its consumer may have died on it each time",
+        )
+        return True
+
+    def _ended_by_outage(self, message: QueueMessage) -> None:
+        """Remember a delivery the service's outage ended: it comes back, uncounted (above)."""
+        with self._lock:
+            self._outage_ended[message.id] = self._outage_ended.get(message.id, 0) + 1
+            if len(self._outage_ended) > 10_000:  # ids of messages gone elsewhere: the oldest go
+                del self._outage_ended[next(iter(self._outage_ended))]
 
     @contextmanager
     def settle(self, message: QueueMessage) -> Iterator[Settled]:
@@ -167,7 +182,7 @@ class Inbox:
           visibility timeout; this does not count as a failed attempt;
         - any other error: make it come back after a backoff (retry_backoff s, doubled per
           failure), or move it to the poison queue once it has been delivered `max_attempts`
-          times;
+          times, or when it would expire before it comes back;
         - Ctrl+C (cli.Interrupted): release it so another consumer can take it at once.
 
         While the block runs, the message's visibility timeout is extended again and again,
@@ -176,13 +191,18 @@ class Inbox:
         """
         self._keeper.keep(message)
         span = tracing.begin(message, self.name)  # tracing: receive -> work -> settle
-        settled = Settled()
+        settled, stopping = Settled(), False
         try:
             try:
                 with tracing.active(span):
                     yield settled
+            except (cli.Interrupted, KeyboardInterrupt):
+                stopping = True
+                raise
             finally:
-                self._keeper.drop(message)  # from here on, message.pop_receipt is final
+                # From here on, message.pop_receipt is final. Stopping, a renewal stuck on a
+                # frozen service is not waited out: the release says what became of it.
+                self._keeper.drop(message, patience=RELEASE_TIMEOUT if stopping else None)
         except cli.Interrupted:
             self.release(message)
             tracing.end(span, "released")
@@ -192,19 +212,29 @@ class Inbox:
         except Exception as error:
             self._let_go(message)
             if connect.outage.noticed(self.log, error):  # the service's trouble, not the message
+                self._ended_by_outage(message)
                 tracing.end(span, "outage", connect.in_short(error))
                 return
             reason = f"{type(error).__name__}: {error}"
-            if message.dequeue_count >= self.max_attempts:
+            attempt = f"attempt {message.dequeue_count} of {self.max_attempts}"
+            wait, expires = self.retry_wait(message), message.expires_on
+            if self.max_attempts and message.dequeue_count >= self.max_attempts:
                 reason = f"failed {message.dequeue_count} times; last: {reason}"
-                self.poison(message, reason)
-                tracing.end(span, "poisoned", reason)
+            elif expires and datetime.now(timezone.utc) + timedelta(seconds=wait) >= expires:
+                # Retried then, it would expire first: gone, and no one would know it failed.
+                reason = (
+                    f"{attempt} failed, and the next (in {wait} s) would come after the message "
+                    f"expires at {expires:%Y-%m-%d %H:%M:%S} UTC; last: {reason}"
+                )
             else:
                 self.log.warning(
-                    f"attempt {message.dequeue_count} of {self.max_attempts} failed for "
-                    f"{codec.describe(message)}: {reason}; {self.retry_later(message)}"
+                    f"{attempt} failed for {codec.describe(message)}: {reason}; "
+                    f"{self.retry_later(message)}"
                 )
                 tracing.end(span, "retry", reason)
+                return
+            self.poison(message, reason)
+            tracing.end(span, "poisoned", reason)
         except BaseException:  # a second Ctrl+C: give the message back, then stop
             self.release(message)
             tracing.end(span, "released")
@@ -217,6 +247,11 @@ class Inbox:
         """Forget a message: settled, or left to come back on its own."""
         with self._lock:
             self._held.pop(message.id, None)
+
+    def _gone(self, message: QueueMessage) -> None:
+        """A message deleted (done or poisoned): nothing more to remember about it."""
+        with self._lock:
+            self._outage_ended.pop(message.id, None)
 
     def delete(self, message: QueueMessage) -> bool:
         """Delete a message whose work is done; True if it is gone. Never raises: a message
@@ -231,21 +266,30 @@ class Inbox:
                     "timeout ran out); another consumer may process it again"
                 )
                 return False
-            connect.outage.noticed(self.log, error)
+            if connect.outage.noticed(self.log, error):
+                self._ended_by_outage(message)
             self.log.warning(
                 f"could not delete {codec.describe(message)}: {connect.in_short(error)}; "
                 "it will be delivered again"
             )
             return False
+        self._gone(message)
         return True
 
+    def retry_wait(self, message: QueueMessage) -> int:
+        """Seconds until a failed message comes back: an exponential backoff (1, 2, 4, 8 s...
+        up to retry_backoff_max), or with retry_backoff 0 its visibility timeout."""
+        if not self.retry_backoff:
+            return self.visibility_timeout
+        doublings = min(message.dequeue_count - 1, 32)  # a huge count must not overflow
+        return min(self.retry_backoff * 2**doublings, self.retry_backoff_max)
+
     def retry_later(self, message: QueueMessage) -> str:
-        """Make a failed message visible again after an exponential backoff (1, 2, 4, 8 s...
-        up to retry_backoff_max) rather than its whole visibility timeout; says when."""
+        """Make a failed message visible again after retry_wait() rather than its whole
+        visibility timeout; says when."""
         if not self.retry_backoff:
             return f"next attempt in {self.visibility_timeout} s (its visibility timeout)"
-        doublings = min(message.dequeue_count - 1, 32)  # a huge count must not overflow
-        wait = min(self.retry_backoff * 2**doublings, self.retry_backoff_max)
+        wait = self.retry_wait(message)
         try:
             self.queue.update_message(message.id, message.pop_receipt, visibility_timeout=wait)
         except (HttpResponseError, *connect.UNREACHABLE) as error:
@@ -255,14 +299,26 @@ class Inbox:
             return f"next attempt after its visibility timeout ({connect.in_short(error)})"
         return f"next attempt in {wait} s"
 
-    def release(self, message: QueueMessage) -> None:
-        """Make a message visible again at once (instead of after its visibility timeout)."""
+    def release(self, message: QueueMessage) -> bool:
+        """Make a message visible again at once (instead of after its visibility timeout): one
+        short try, as we are stopping. False if the service could not be asked."""
         self._let_go(message)
         try:
-            self.queue.update_message(message.id, message.pop_receipt, visibility_timeout=0)
-            self.log.info(f"released {codec.describe(message)} back to '{self.name}'")
-        except (HttpResponseError, *connect.UNREACHABLE):
-            pass  # no longer ours, or the service is away: it reappears on its own
+            self.queue.update_message(
+                message.id, message.pop_receipt, visibility_timeout=0, retry_total=0,
+                connection_timeout=RELEASE_TIMEOUT, read_timeout=RELEASE_TIMEOUT,
+            )  # fmt: skip
+        except (HttpResponseError, *connect.UNREACHABLE) as error:
+            if _not_ours(error):
+                self.log.info(f"{codec.describe(message)} was no longer ours to release")
+                return True
+            self.log.warning(
+                f"could not release {codec.describe(message)}: {connect.in_short(error)}; it "
+                f"comes back within {self.visibility_timeout} s, when its visibility timeout ends"
+            )
+            return False
+        self.log.info(f"released {codec.describe(message)} back to '{self.name}'")
+        return True
 
     def poison(self, message: QueueMessage, reason: str) -> None:
         """Move a message to `<queue>-poison` with the reason, then delete the original: the
@@ -315,6 +371,51 @@ class Inbox:
         return codec.encode(record)
 
 
+class _Undeliverable:
+    """Azurite only (seen with 3.37), not the pattern: a message holding a character XML does
+    not allow (a raw \\x00 sent by another client) is taken by a receive - hidden, dequeue
+    count + 1 - but the answer that would carry it fails, with every message taken alongside,
+    and no one ever gets its pop receipt. Azurite then answers 500 with no error code and an
+    empty body; a real service's 500 or 503 always names its error (InternalError,
+    ServerBusy), and is an outage like any other. While this recurs, take one message per
+    call, so that the others are still served."""
+
+    def __init__(self, queue_name: str, visibility_timeout: int, log: logging.Logger) -> None:
+        self.queue_name, self.visibility_timeout, self.log = queue_name, visibility_timeout, log
+        self.warned = False
+        self.until = 0.0  # receive single messages until then (monotonic)
+
+    def most(self, max_messages: int) -> int:
+        """How many messages the next receive may take."""
+        return 1 if time.monotonic() < self.until else max_messages
+
+    def check(self, answers: list[Any]) -> None:
+        """Look at every answer of one receive call (the SDK's retries included)."""
+        failed = [answer for answer in answers if _cannot_hand_out(answer)]
+        if not failed:
+            return
+        self.until = time.monotonic() + 2 * self.visibility_timeout
+        if not self.warned:
+            self.warned = True
+            self.log.warning(
+                f"a receive from '{self.queue_name}' got {failed[0].status_code} "
+                f"{failed[0].reason} with no error code from Azurite: the service holds a "
+                "message it cannot hand out (one with a character XML forbids, e.g. \\x00). "
+                "No one can receive or delete it; it comes back every "
+                f"{self.visibility_timeout} s until it expires. Receiving one message at a "
+                "time meanwhile, so the others are still served (warned once)"
+            )
+
+
+def _cannot_hand_out(answer: Any) -> bool:
+    """Azurite's answer to a receive that took a message it cannot write into XML."""
+    return (
+        answer.status_code == 500
+        and "x-ms-error-code" not in answer.headers
+        and answer.headers.get("Server", "").startswith("Azurite")
+    )
+
+
 def _not_ours(error: BaseException) -> bool:
     """The message is no longer ours: gone, or received again by someone else (new receipt)."""
     return isinstance(error, ResourceNotFoundError) or (
@@ -349,10 +450,16 @@ class _VisibilityKeeper:
                 # consumer ~15% of its CPU.)
                 self._changed.notify_all()
 
-    def drop(self, message: QueueMessage) -> None:
+    def drop(self, message: QueueMessage, patience: float | None = None) -> None:
+        """Stop renewing a message. A renewal under way is waited for (its new pop receipt is
+        the live one), for at most `patience` seconds if given."""
+        deadline = None if patience is None else time.monotonic() + patience
         with self._changed:
-            while message.id in self._renewing:  # its new pop receipt is the live one: wait
-                self._changed.wait()
+            while message.id in self._renewing:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._changed.wait(left)
             self._due.pop(message.id, None)
 
     def _run(self) -> None:
@@ -375,10 +482,10 @@ class _VisibilityKeeper:
                 finally:  # whatever happened, drop() must not wait for this renewal forever
                     with self._changed:
                         self._renewing.discard(message.id)
-                        if kept:
+                        if kept and message.id in self._due:  # (not dropped meanwhile)
                             self._due[message.id] = (message, time.monotonic() + self.interval)
                         else:
-                            del self._due[message.id]
+                            self._due.pop(message.id, None)
                         self._changed.notify_all()
 
     def _extend(self, message: QueueMessage) -> bool:

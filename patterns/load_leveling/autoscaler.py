@@ -10,21 +10,29 @@ consumers, between --min and --max: the rule of KEDA's Azure Queue scaler. It ad
 once, but removes them only after --cooldown seconds of lower demand, so a short lull does not
 make it flap. It stops a consumer with Ctrl+C, newest first: the consumer hands its task back
 to the queue, so nothing is lost. Its own Ctrl+C stops every consumer it started.
+
+Starting and stopping processes is this lesson too: each consumer is a `subprocess.Popen` in a
+session of its own (the terminal's Ctrl+C reaches only the autoscaler, which decides), writing
+its lines to the same terminal; it is stopped with SIGINT, and killed if it does not stop.
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import math
-import os
+import signal
+import subprocess
 import sys
 import time
 from collections import deque
 
 from patterns.helper import cli, connect
-from patterns.runner import Proc
 
 CONSUMER = "patterns.competing_consumers.consumer"
+STOP_TIMEOUT = 15  # seconds a consumer has to hand back its task and exit before it is killed
 SPARKS = "▁▂▃▄▅▆▇█"
+PR_SET_PDEATHSIG = 1  # Linux prctl(2): the signal a process gets when its parent dies
 
 
 def desired(queue_length: int, target: int, least: int, most: int) -> int:
@@ -39,9 +47,40 @@ def sparkline(values: deque[int]) -> str:
     return text.rjust(values.maxlen or 0)
 
 
-def echo(line: str) -> None:
-    sys.stdout.write(f"  {line}\n")  # one write, so it never splits one of our own lines
-    sys.stdout.flush()
+def stopped_when_we_die() -> None:
+    """Run in a new consumer just before it starts (Linux): when the autoscaler dies, even by
+    kill -9, the kernel sends the consumer SIGTERM, which it takes as Ctrl+C. Linux sends it
+    when the consumer's parent *thread* ends, and the threads of a dying process end one by
+    one, handing the consumer on each time: a parent with five threads sent up to four. So we
+    start no thread (the consumers write to the terminal themselves, no pipe to read), and a
+    consumer takes a second SIGTERM as the same stop anyway."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start_consumer(args: list[str]) -> subprocess.Popen[bytes]:
+    """A consumer process: our terminal for its output (each of its lines is one write, so
+    lines never mix), a session of its own (the terminal's Ctrl+C reaches only us)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", CONSUMER, *args],
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=stopped_when_we_die if sys.platform == "linux" else None,
+    )
+
+
+def stop_consumers(leaving: list[subprocess.Popen[bytes]], log: logging.Logger) -> None:
+    """Ctrl+C (SIGINT) to each at once, so that they stop side by side: each hands back the
+    task it holds and exits. One that has not exited after STOP_TIMEOUT is killed; its task
+    comes back after its visibility timeout."""
+    for consumer in leaving:
+        consumer.send_signal(signal.SIGINT)
+    for consumer in leaving:
+        try:
+            code = consumer.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            consumer.kill()
+            code = consumer.wait()
+        log.info(f"stopped consumer pid {consumer.pid} (exit {code})")
 
 
 def main() -> int:
@@ -72,31 +111,28 @@ def main() -> int:
     stop = cli.Shutdown()
     queue = connect.open_queue(args.queue, log)
     consumer_args = ["--queue", args.queue, "--work-seconds", f"{args.work_seconds:g}"]
-    consumers: list[Proc] = []  # oldest first
+    consumers: list[subprocess.Popen[bytes]] = []  # oldest first
     backlog: deque[int] = deque(maxlen=20)
     lower_since: float | None = None  # since when fewer consumers would do
-
-    def start_consumer() -> None:
-        # A process group of its own: the terminal's Ctrl+C reaches only us; we stop it.
-        consumer = Proc(CONSUMER, *consumer_args, env=dict(os.environ), echo=echo, own_group=True)
-        consumers.append(consumer)
-        log.info(f"started consumer pid {consumer.pid}")
-
-    def stop_newest(count: int) -> None:
-        leaving = [consumers.pop() for _ in range(count)]  # newest first
-        for consumer in leaving:
-            consumer.send_signal()  # Ctrl+C: it hands back its task and exits
-        for consumer in leaving:
-            log.info(f"stopped consumer pid {consumer.pid} (exit {consumer.stop()})")
 
     try:
         log.info(f"watching '{args.queue}': {args.min}-{args.max} consumers, {args.target} each")
         while not stop.requested:
-            for gone in [c for c in consumers if c.popen.poll() is not None]:
+            for gone in [c for c in consumers if c.poll() is not None]:
                 consumers.remove(gone)
-                log.warning(f"consumer pid {gone.pid} exited by itself ({gone.wait()})")
-            # Approximate, and it counts invisible messages too: those in a consumer's hands.
-            length = queue.get_queue_properties().approximate_message_count
+                log.warning(f"consumer pid {gone.pid} exited by itself ({gone.returncode})")
+            try:
+                with cli.interruptible():  # Ctrl+C: no need to wait for the answer
+                    # Approximate, and it counts invisible messages: those in a consumer's hands.
+                    length = queue.get_queue_properties().approximate_message_count
+            except cli.Interrupted:
+                break
+            except Exception as error:  # an outage: warned once; the pool goes on as it is
+                if not connect.outage.noticed(log, error):
+                    raise
+                stop.wait(args.interval)
+                continue
+            connect.outage.over(log)
             backlog.append(length)
             want = desired(length, args.target, args.min, args.max)
             running, now = len(consumers), time.monotonic()
@@ -115,14 +151,15 @@ def main() -> int:
             log.info(f"queue {length:>4} {sparkline(backlog)} consumers {running}{change}")
             if want > running:  # scale up at once: the backlog is waiting
                 for _ in range(want - running):
-                    start_consumer()
+                    consumers.append(start_consumer(consumer_args))
+                    log.info(f"started consumer pid {consumers[-1].pid}")
             elif want < running and not cooling:
-                stop_newest(running - want)
+                leaving = [consumers.pop() for _ in range(running - want)]  # newest first
+                stop_consumers(leaving, log)
                 lower_since = None
             stop.wait(args.interval)
     finally:  # also on an error: never leave a consumer behind
-        if consumers:
-            stop_newest(len(consumers))
+        stop_consumers(consumers[::-1], log)  # newest first
     log.info("stopped")
     return 0
 

@@ -136,8 +136,9 @@ def main() -> int:
     moved = kept = 0
 
     # Leaving the Inbox hands back, at once, anything received but not moved (Ctrl+C, or a
-    # record left where it is).
-    with consume.Inbox(poison_name, log, visibility_timeout=60) as poisoned:
+    # record left where it is). max_attempts=None: a record we receive again and again (left
+    # where it is) is never poisoned a second time.
+    with consume.Inbox(poison_name, log, visibility_timeout=60, max_attempts=None) as poisoned:
         while moved < limit and moved + kept < waiting and not stop.requested:
             batch = poisoned.receive(min(connect.MAX_BATCH, limit - moved))
             if not batch:
