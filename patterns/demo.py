@@ -24,7 +24,8 @@ from pathlib import Path
 from azure.storage.queue import QueueServiceClient
 
 from patterns.emulator import Azurite
-from patterns.helper import Fatal, cli, settings, tracing
+from patterns.helper import Fatal, cli
+from patterns.helper.support import settings, tracing
 from patterns.runner import Proc, echo, log_seconds, queue_exists, stop_all
 from patterns.tools import journey
 
