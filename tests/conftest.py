@@ -19,7 +19,7 @@ from azure.storage.queue import QueueServiceClient
 from support import env_for
 
 from patterns.emulator import Azurite
-from patterns.helper.settings import MESSAGE_ENCODING_VAR
+from patterns.helper.support.settings import MESSAGE_ENCODING_VAR
 from patterns.runner import Proc, stop_all
 
 FIGURES = pytest.StashKey[list[str]]()

@@ -35,8 +35,8 @@ from support import (
 from test_flags import scripts
 from test_helper import CASES, QUOTED, SECRET, key_pieces
 
-from patterns.helper import tracing
-from patterns.helper.settings import CONNECTION_STRING_VAR
+from patterns.helper.support import tracing
+from patterns.helper.support.settings import CONNECTION_STRING_VAR
 
 pytestmark = pytest.mark.battery
 

@@ -26,8 +26,8 @@ import pytest
 from support import assert_refused, message_count, run_script
 
 from patterns.emulator import ROOT
-from patterns.helper import cli
-from patterns.helper.settings import CONNECTION_STRING_VAR, azurite_connection_string
+from patterns.helper.support.flags import Range
+from patterns.helper.support.settings import CONNECTION_STRING_VAR, azurite_connection_string
 
 CONSUMED = "q" * 57  # a valid queue name, but one too long for its -poison queue (64 > 63)
 
@@ -342,7 +342,7 @@ def test_numeric_flags_take_ascii_digits_only(module, monkeypatch):
     with pytest.raises(Parsed) as parsed:
         importlib.import_module(module).main()
     for action in parsed.value.args[0]._actions:
-        if not isinstance(action.type, cli._Range) or action.default is None:
+        if not isinstance(action.type, Range) or action.default is None:
             continue
         text = f"{action.default:g}" if isinstance(action.default, float) else str(action.default)
         assert action.type(text) == action.default  # as written in ASCII: taken

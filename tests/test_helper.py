@@ -25,11 +25,14 @@ from support import assert_refused, learner_env, run_script
 
 from patterns.emulator import Azurite, free_port
 from patterns.helper import BadMessage, Fatal, connect
-from patterns.helper.cli import logger
-from patterns.helper.codec import XML_FORBIDDEN, Unsendable, app_id, describe, encode, parse_json
-from patterns.helper.connect import endpoint, queue_name, service, unreachable_message
-from patterns.helper.consume import Backoff, Workers
-from patterns.helper.settings import (
+from patterns.helper.codec import Unsendable, app_id, encode, parse_json
+from patterns.helper.connect import queue_name, service
+from patterns.helper.support import outage
+from patterns.helper.support.idle import Backoff
+from patterns.helper.support.limits import XML_FORBIDDEN
+from patterns.helper.support.lines import describe, logger
+from patterns.helper.support.outage import endpoint, unreachable_message
+from patterns.helper.support.settings import (
     ACCOUNT_URL_VAR,
     AZURITE_ACCOUNT,
     CONNECTION_STRING_VAR,
@@ -40,6 +43,7 @@ from patterns.helper.settings import (
     printable_url,
     redact,
 )
+from patterns.helper.support.workers import Workers
 from patterns.runner import Proc
 
 REAL = (
@@ -206,7 +210,7 @@ def test_the_keeper_renews_a_lease_taken_while_it_sleeps_with_nothing_to_do():
     its idle minute must still wake it."""
     from types import SimpleNamespace
 
-    from patterns.helper.consume import _VisibilityKeeper
+    from patterns.helper.support.lease import Keeper
 
     renewed: list[str] = []
 
@@ -215,7 +219,7 @@ def test_the_keeper_renews_a_lease_taken_while_it_sleeps_with_nothing_to_do():
             renewed.append(id)
             return SimpleNamespace(pop_receipt=receipt + "'")
 
-    keeper = _VisibilityKeeper(FakeQueue(), 1, logger("test"))  # type: ignore[arg-type]
+    keeper = Keeper(FakeQueue(), 1)  # type: ignore[arg-type]
     first, second = (SimpleNamespace(id=n, pop_receipt="r", content="") for n in ("a", "b"))
     keeper.keep(first)  # type: ignore[arg-type]
     keeper.drop(first)  # type: ignore[arg-type]  # settled before its renewal was due
@@ -233,7 +237,7 @@ def test_the_keeper_lives_on_after_an_unforeseen_error_and_drop_never_hangs():
     to: the message stayed 'being renewed', and Ctrl+C could not stop the consumer)."""
     from types import SimpleNamespace
 
-    from patterns.helper.consume import _VisibilityKeeper
+    from patterns.helper.support.lease import Keeper
 
     tries: list[str] = []
 
@@ -244,7 +248,7 @@ def test_the_keeper_lives_on_after_an_unforeseen_error_and_drop_never_hangs():
                 raise ValueError("pop_receipt must be present")
             return SimpleNamespace(pop_receipt=receipt + "'")
 
-    keeper = _VisibilityKeeper(FlakyQueue(), 1, logger("test"))  # type: ignore[arg-type]
+    keeper = Keeper(FlakyQueue(), 1)  # type: ignore[arg-type]
     message = SimpleNamespace(id="m", pop_receipt="r", content="")
     keeper.keep(message)  # type: ignore[arg-type]
     deadline = time.monotonic() + 5
@@ -477,7 +481,7 @@ def test_a_failed_entra_sign_in_is_one_line(entra_env):
     failed = ClientAuthenticationError(
         message="DefaultAzureCredential failed to retrieve a token.\nAttempted credentials: ..."
     )
-    assert connect.explain(failed) == (
+    assert outage.explain(failed) == (
         "the queue service refused our credentials (DefaultAzureCredential failed to retrieve "
         "a token.); check your Entra ID sign-in (`az login`)",
         2,
@@ -691,7 +695,7 @@ def default_port() -> Iterator[int]:
 # moved to PORT (settings.AZURITE_PORT; everything else as in `python -m MODULE ARGS...`).
 MOVED = """
 import runpy, sys
-from patterns.helper import settings
+from patterns.helper.support import settings
 settings.AZURITE_PORT = int(sys.argv.pop(1))
 sys.argv[0] = sys.argv.pop(1)
 runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
@@ -812,7 +816,7 @@ def test_a_failed_attempt_survives_an_outage_while_its_backoff_is_set(monkeypatc
 
     queue = FakeQueue()
     monkeypatch.setattr(connect, "open_queue", lambda name, log=None: queue)
-    inbox = consume.Inbox("backoff-q", logger("test"), retry_backoff=1, retry_backoff_max=5)
+    inbox = consume.Inbox("backoff-q", retry_backoff=1, retry_backoff_max=5)
     said = [
         inbox.retry_later(SimpleNamespace(id="m", pop_receipt="r", dequeue_count=n, content=""))
         for n in (1, 2, 3, 4)
@@ -824,7 +828,7 @@ def test_a_failed_attempt_survives_an_outage_while_its_backoff_is_set(monkeypatc
     assert inbox.retry_later(message) == (
         "next attempt after its visibility timeout (service unreachable)"
     )
-    connect.outage.over(logger("test"))  # the warning of the outage is not this test's concern
+    outage.queue_service.over()  # the warning of the outage is not this test's concern
 
 
 # --- the dequeue count is checked before the work, by every consumer --------------------------
