@@ -23,7 +23,7 @@ import pytest
 from azure.storage.queue import QueueClient
 from support import assert_refused, learner_env, run_script
 
-from patterns.emulator import Azurite, free_port
+from patterns.emulator import ROOT, Azurite, free_port
 from patterns.helper import BadMessage, Fatal, connect
 from patterns.helper.codec import Unsendable, app_id, encode, parse_json
 from patterns.helper.connect import queue_name, service
@@ -793,6 +793,71 @@ def test_a_consumer_warns_when_the_service_hangs_and_carries_on_after(tmp_path, 
             if paused:
                 os.kill(emulator.process.pid, signal.SIGCONT)
             consumer.kill()
+
+
+def test_work_that_forgets_to_delete_its_message_is_said_and_released(monkeypatch, capsys):
+    """A `with inbox.settle(m)` block that ends without inbox.delete(m) is a bug in the script:
+    it must not pass silently (nor delete a message its work never said it finished)."""
+    from types import SimpleNamespace
+
+    from patterns.helper import consume
+
+    class FakeQueue:
+        queue_name = "forgot-q"
+
+        def __init__(self) -> None:
+            self.updates: list[int] = []
+            self.deleted: list[str] = []
+
+        def update_message(self, id: str, receipt: str, visibility_timeout: int, **_: object):
+            self.updates.append(visibility_timeout)
+
+        def delete_message(self, id: str, receipt: str) -> None:
+            self.deleted.append(id)
+
+    queue = FakeQueue()
+    inbox = consume.Inbox(queue)  # type: ignore[arg-type]  # given opened: nothing created
+    logger("test")
+    message = SimpleNamespace(id="m", pop_receipt="r", dequeue_count=1, content='{"id": "f-1"}')
+    inbox.lease.hold([message])  # type: ignore[list-item]
+    with inbox.settle(message):  # type: ignore[arg-type]
+        pass  # the work, without inbox.delete(message)
+    said = capsys.readouterr().out
+    assert "warning: the work on message m (id f-1) ended without deleting it" in said
+    assert "released message m (id f-1) back to 'forgot-q'" in said
+    assert queue.updates == [0] and queue.deleted == []  # visible again at once, not deleted
+    with inbox.settle(message):  # type: ignore[arg-type]
+        inbox.delete(message)  # type: ignore[arg-type]
+    assert queue.deleted == ["m"] and queue.updates == [0]  # deleted once, nothing more
+
+
+# --- the core and its support: small, one concern a file, queue calls in the scripts ----------
+
+HELPER = ROOT / "patterns" / "helper"
+CONSUMING = sorted(
+    path for path in (ROOT / "patterns").rglob("*.py") if ".settle(" in path.read_text()
+)
+
+
+def test_the_core_is_400_lines_and_each_support_file_names_its_concern():
+    core = sorted(HELPER.glob("*.py"))
+    assert sum(len(path.read_text().splitlines()) for path in core) <= 400
+    for path in (HELPER / "support").glob("*.py"):
+        first = path.read_text().splitlines()[0]
+        assert re.match(r'^"""[A-Z][^.]{8,}', first), f"{path.name}: {first}"
+
+
+def test_the_core_never_imports_the_cli():
+    code = "import sys, patterns.helper.consume; print('patterns.helper.cli' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.parametrize("script", CONSUMING, ids=lambda path: f"{path.parent.name}/{path.stem}")
+def test_every_consuming_script_deletes_by_name(script):
+    """The queue calls in plain sight: each message the script settles, it deletes by name."""
+    assert "inbox" in script.read_text()
+    assert re.search(r"\.delete\(message\)", script.read_text()), script
 
 
 def test_a_failed_attempt_survives_an_outage_while_its_backoff_is_set(monkeypatch, capsys):
