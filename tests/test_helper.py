@@ -30,7 +30,7 @@ from patterns.helper.connect import queue_name, service
 from patterns.helper.support import outage
 from patterns.helper.support.idle import Backoff
 from patterns.helper.support.limits import XML_FORBIDDEN
-from patterns.helper.support.lines import describe, logger
+from patterns.helper.support.lines import describe, id_in, logger
 from patterns.helper.support.outage import endpoint, unreachable_message
 from patterns.helper.support.settings import (
     ACCOUNT_URL_VAR,
@@ -427,6 +427,20 @@ def test_describe_names_the_application_id_beside_the_service_id():
     assert describe(_Stored('{"correlation_id": "c"}')) == "message svc-1 (correlation_id c)"
     for content in ("not JSON", '{"id": 7}', "[" * 30_000, "", None):
         assert describe(_Stored(content)) == "message svc-1"
+
+
+def test_one_application_id_rule_for_poison_log_lines_traces_and_redrive():
+    """codec.app_id decides what is poisoned; log lines, traces and redrive name a message by
+    the same rule: not any string, nor an integer."""
+    from patterns.tools.redrive import label
+
+    for body in ({"id": 7}, {"id": ""}, {"id": "\x1b[2J"}, {"id": None}, {}):
+        with pytest.raises(BadMessage):
+            app_id(body)
+        assert id_in(body) is None
+        assert label(json.dumps(body), _Stored("")) == "message svc-1"  # type: ignore[arg-type]
+    assert id_in({"id": 7, "order_id": "ORD-1"}) == ("order_id", "ORD-1")
+    assert label(json.dumps({"correlation_id": "c-1"}), _Stored("")) == "c-1"  # type: ignore[arg-type]
 
 
 def test_a_log_line_stays_one_line(capsys):
