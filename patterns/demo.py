@@ -180,7 +180,7 @@ def priority(env: dict[str, str]) -> Row:
     with stage(env) as s:
         consumer = s.start(
             "patterns.priority.consumer",
-            *("--work-seconds", "0.5", "--idle-max", "0.1"),
+            *("--work-seconds", "1", "--idle-max", "0.1"),  # room to send all 12 meanwhile
             label="consumer",
         )
         consumer.wait_for(r"waiting for tasks")

@@ -809,6 +809,29 @@ def test_a_consumer_warns_when_the_service_hangs_and_carries_on_after(tmp_path, 
             consumer.kill()
 
 
+def test_a_receive_whose_answer_was_lost_excuses_one_delivery_while_its_messages_come_back():
+    """The service took a receive, then went away before answering: the messages it took come
+    back a delivery higher, unseen by us. With --max-attempts 1 they must not be poisoned for
+    it (a refused connection took nothing: nothing is excused for it)."""
+    from types import SimpleNamespace
+
+    from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+
+    message = SimpleNamespace(id="m")
+    refused = outage.Excused(visibility_timeout=0.5)
+    assert refused.failed_receive(ServiceRequestError("connection refused"))
+    assert refused.count(message) == 0  # type: ignore[arg-type]
+    lost = outage.Excused(visibility_timeout=0.5)
+    assert lost.failed_receive(ServiceResponseError("connection aborted mid-answer"))
+    assert lost.count(message) == 1  # type: ignore[arg-type]  # the service answers again
+    lost.add(message)  # type: ignore[arg-type]  # and a delivery an outage ended, as before
+    assert lost.count(message) == 2  # type: ignore[arg-type]
+    time.sleep(0.6)  # a visibility timeout later, the lost messages are back: no more excuse
+    assert lost.count(message) == 1  # type: ignore[arg-type]
+    outage.queue_service.over()  # the warning of the outage is not this test's concern
+    assert not lost.failed_receive(ValueError("not an outage"))
+
+
 def test_work_that_forgets_to_delete_its_message_is_said_and_released(monkeypatch, capsys):
     """A `with inbox.settle(m)` block that ends without inbox.delete(m) is a bug in the script:
     it must not pass silently (nor delete a message its work never said it finished)."""

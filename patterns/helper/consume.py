@@ -38,7 +38,7 @@ class Inbox:
         self.batch_size, self.idle = batch_size, idle.Backoff(maximum=idle_max)
         self.retry_backoff, self.retry_backoff_max = retry_backoff, retry_backoff_max
         self.lease = lease.Keeper(self.queue, visibility_timeout)  # in hand; renewed in work
-        self.excused = outage.Excused()  # deliveries an outage ended: not counted
+        self.excused = outage.Excused(visibility_timeout)  # deliveries an outage ended
         self.quirk = quirks.Undeliverable(name, visibility_timeout)  # Azurite's, not the pattern
 
     def __enter__(self) -> Inbox:
@@ -77,7 +77,7 @@ class Inbox:
         except signals.Interrupted:
             return []  # what it took comes back when its visibility timeout ends
         except Exception as error:  # the service away (503 Server Busy too), the queue deleted
-            if not (outage.queue_service.warn_if_away(error) or outage.deleted(error, self.name)):
+            if not (self.excused.failed_receive(error) or outage.deleted(error, self.name)):
                 raise
             return []
         outage.queue_service.over()

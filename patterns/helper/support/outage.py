@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ from azure.core.exceptions import (
     HttpResponseError,
     ResourceNotFoundError,
     ServiceRequestTimeoutError,
+    ServiceResponseError,
     ServiceResponseTimeoutError,
 )
 from azure.storage.queue import QueueMessage
@@ -123,11 +125,28 @@ def deleted(error: BaseException, name: str) -> bool:
 
 class Excused:
     """Deliveries that an outage ended in this process, per message: each comes back, and is
-    not counted as a failed attempt (not the message's doing). Shared by a consumer's threads."""
+    not counted as a failed attempt (not the message's doing). Shared by a consumer's threads.
 
-    def __init__(self) -> None:
+    A receive whose answer was lost on the way (the service took the request, then went away)
+    may have taken messages this consumer never saw: they come back within a visibility timeout,
+    a delivery higher. So after such a receive, every message is excused one delivery more until
+    a visibility timeout after the service answers again."""
+
+    def __init__(self, visibility_timeout: float) -> None:
+        self.visibility_timeout = visibility_timeout
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._lost = False  # a receive's answer was lost, and the service has not answered since
+        self._lost_until = 0.0  # monotonic: until then, one more delivery is excused
+
+    def failed_receive(self, error: BaseException) -> bool:
+        """After a receive that failed: True if the service is away (warned once per outage)."""
+        if not queue_service.warn_if_away(error):
+            return False
+        if isinstance(error, ServiceResponseError):  # sent, but the answer never came
+            with self._lock:
+                self._lost = True
+        return True
 
     def add(self, message: QueueMessage) -> None:
         with self._lock:
@@ -136,8 +155,11 @@ class Excused:
                 del self._counts[next(iter(self._counts))]
 
     def count(self, message: QueueMessage) -> int:
+        """Deliveries of `message` not to count (after a receive that worked)."""
         with self._lock:
-            return self._counts.get(message.id, 0)
+            if self._lost:  # the service answers again: the lost messages are back soon
+                self._lost, self._lost_until = False, time.monotonic() + self.visibility_timeout
+            return self._counts.get(message.id, 0) + (time.monotonic() < self._lost_until)
 
     def forget(self, message: QueueMessage) -> None:
         """The message is gone (done or poisoned): nothing more to remember about it."""
