@@ -38,7 +38,7 @@ class Inbox:
         self.batch_size, self.idle = batch_size, idle.Backoff(maximum=idle_max)
         self.retry_backoff, self.retry_backoff_max = retry_backoff, retry_backoff_max
         self.lease = lease.Keeper(self.queue, visibility_timeout)  # in hand; renewed in work
-        self.excused = outage.Excused(visibility_timeout)  # deliveries an outage ended
+        self.excused = outage.Excused()  # deliveries an outage ended: not counted
         self.quirk = quirks.Undeliverable(name, visibility_timeout)  # Azurite's, not the pattern
 
     def __enter__(self) -> Inbox:

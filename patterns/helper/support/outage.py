@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 from xml.etree.ElementTree import ParseError
 
@@ -128,24 +128,21 @@ class Excused:
     not counted as a failed attempt (not the message's doing). Shared by a consumer's threads.
 
     A receive whose answer was lost on the way (the service took the request, then went away)
-    may have taken messages this consumer never saw: they come back within a visibility timeout,
-    a delivery higher. So after such a receive, every message is excused one delivery more until
-    a visibility timeout after the service answers again."""
+    may have taken messages this consumer never saw: they come back a delivery higher. So any
+    message that was already in the queue then is excused one delivery more (a minute's
+    leeway between our clock and the service's)."""
 
-    def __init__(self, visibility_timeout: float) -> None:
-        self.visibility_timeout = visibility_timeout
+    def __init__(self) -> None:
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._lost = False  # a receive's answer was lost, and the service has not answered since
-        self._lost_until = 0.0  # monotonic: until then, one more delivery is excused
+        self._lost_at: datetime | None = None  # when a receive's answer was last lost
 
     def failed_receive(self, error: BaseException) -> bool:
         """After a receive that failed: True if the service is away (warned once per outage)."""
         if not queue_service.warn_if_away(error):
             return False
         if isinstance(error, ServiceResponseError):  # sent, but the answer never came
-            with self._lock:
-                self._lost = True
+            self._lost_at = datetime.now(timezone.utc) + timedelta(minutes=1)
         return True
 
     def add(self, message: QueueMessage) -> None:
@@ -155,11 +152,10 @@ class Excused:
                 del self._counts[next(iter(self._counts))]
 
     def count(self, message: QueueMessage) -> int:
-        """Deliveries of `message` not to count (after a receive that worked)."""
+        """Deliveries of `message` not to count."""
+        lost, inserted = self._lost_at, message.inserted_on
         with self._lock:
-            if self._lost:  # the service answers again: the lost messages are back soon
-                self._lost, self._lost_until = False, time.monotonic() + self.visibility_timeout
-            return self._counts.get(message.id, 0) + (time.monotonic() < self._lost_until)
+            return self._counts.get(message.id, 0) + bool(lost and inserted and inserted <= lost)
 
     def forget(self, message: QueueMessage) -> None:
         """The message is gone (done or poisoned): nothing more to remember about it."""
