@@ -49,7 +49,7 @@ def test_emulator_on_other_ports_prints_the_line_that_points_the_scripts_at_it(s
     result = run_script(PAYMENTS, "--queue", qname, "--count", "1", env=env)
     assert result.returncode == 0, result.stderr
     consumer = start(APPLY, "--queue", qname, "--table", TABLE, env_=env)
-    consumer.wait_for(rf"applied \S+ to acct-1")
+    consumer.wait_for(r"applied \S+ to acct-1")
     assert consumer.stop() == 0
     assert emulator.stop() == 0
     emulator.wait_for("Azurite Blob service successfully closed")  # both stopped, by their PIDs

@@ -169,7 +169,6 @@ CASES: list[Case] = [
     Case("patterns.emulator", "--blob-port", "0"),
     Case("patterns.emulator", "--blob-port", "65536"),
     Case("patterns.emulator", "--table-port", "0"),
-    Case("patterns.emulator", "--table-port", "10005", ("--port", "10005")),
 ]
 
 
