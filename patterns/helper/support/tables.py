@@ -8,6 +8,7 @@ needed (it costs start-up time every other script need not pay).
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,14 @@ def table_name(text: str) -> str:
             f"invalid table name {text!r}: use 3-63 letters and digits, starting with a letter"
         )
     return text
+
+
+def table_flag(text: str) -> str:
+    """`type=` for a flag that names a table: a bad name is a usage error naming the flag."""
+    try:
+        return table_name(text)
+    except Fatal as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def table(name: str) -> TableClient:
