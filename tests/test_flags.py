@@ -164,6 +164,17 @@ CASES: list[Case] = [
     Case(f"{EO}.consumer", "--table", "pay-ments"),  # table names: letters and digits only
     Case(f"{EO}.consumer", "--table", "tables"),
     *consumer_flags(f"{EO}.consumer"),
+    Case(f"{OR}.producer", "--queue", CONSUMED),
+    Case(f"{OR}.producer", "--keys", "0"),
+    Case(f"{OR}.producer", "--events", "1001"),
+    Case(f"{OR}.producer", "--drop", "order-3"),  # KEY:SEQ
+    Case(f"{OR}.producer", "--drop", "order-3:0"),
+    Case(f"{OR}.producer", "--concurrency", "0"),
+    Case(f"{OR}.consumer", "--queue", CONSUMED),
+    Case(f"{OR}.consumer", "--table", "or_dered"),
+    Case(f"{OR}.consumer", "--gap-timeout", "0"),
+    Case(f"{OR}.consumer", "--gap-timeout", "nan"),
+    *consumer_flags(f"{OR}.consumer"),
     Case(f"{TOOLS}.peek", "queue", "Bad_Name"),
     Case(f"{TOOLS}.peek", "--count", "0", ("tasks-queue",)),
     Case(f"{TOOLS}.peek", "--count", "33", ("tasks-queue",)),
