@@ -1,8 +1,9 @@
 """Which queue names belong to which pattern: the one table that status.py and cleanup.py read.
 
 A pattern owns exact names (`tasks-queue`) and name prefixes (`fanout-queue-<subscriber>`,
-`reply-<uuid>`); every one of them may have a poison queue, `<name>-poison`. When a pattern
-gets a new queue, add it here and both tools know it.
+`reply-<uuid>`); every one of them may have a poison queue, `<name>-poison`. A lesson on Table
+Storage owns its tables too (`payments`). When a pattern gets a new queue or table, add it here
+and both tools know it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ class Pattern:
     title: str
     names: tuple[str, ...] = ()  # exact queue names, in the order a learner meets them
     prefixes: tuple[str, ...] = ()  # a queue named <prefix><something> belongs here too
+    tables: tuple[str, ...] = ()  # its tables in Table Storage (the lesson's state)
 
     def owns(self, name: str) -> bool:
         return name in self.names or any(
@@ -38,6 +40,8 @@ PATTERNS: tuple[Pattern, ...] = (
     Pattern("request/reply", names=("request-queue",), prefixes=("reply-",)),
     Pattern("load levelling", names=("tasks-leveling",)),
     Pattern("claim check", names=("claim-check-queue",)),
+    Pattern("exactly-once effects", names=("payments-queue",), tables=("payments",)),
+    Pattern("per-key order", names=("order-events",), tables=("ordered",)),
 )
 
 
@@ -76,3 +80,16 @@ def sort_key(name: str, prefix: str = "") -> tuple[int, int, str]:
     pattern, base = found
     rank = pattern.names.index(base) if base in pattern.names else len(pattern.names)
     return (PATTERNS.index(pattern), rank, name)
+
+
+def table_prefix(prefix: str) -> str:
+    """A queue prefix as a table name's: tables hold letters and digits only, so with prefix
+    `alice-`, `alicepayments` is alice's `payments`."""
+    return "".join(c for c in prefix if c.isalnum())
+
+
+def tutorial_tables(prefix: str = "") -> list[tuple[Pattern, str, str]]:
+    """(pattern, tutorial name, table name with the prefix) of every lesson's table, in the
+    tutorial's order."""
+    start = table_prefix(prefix)
+    return [(pattern, name, start + name) for pattern in PATTERNS for name in pattern.tables]
