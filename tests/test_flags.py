@@ -183,6 +183,7 @@ CASES: list[Case] = [
     Case(f"{TOOLS}.status", "--interval", "0"),
     Case(f"{TOOLS}.status", "--orphan-age", "-1"),
     Case(f"{TOOLS}.cleanup", "--orphan-age", "-1"),
+    Case(f"{TOOLS}.cleanup", "--lesson", "nothing"),
     Case(f"{TOOLS}.journey", "--slowest", "0"),
     Case("bench.__main__", "--count", "99"),
     Case("bench.__main__", "--samples", "1"),

@@ -435,3 +435,17 @@ def test_cleanup_deletes_the_lessons_tables_with_their_queues_and_no_other(
     assert "deleted 1 queue(s) and 2 table(s)" in result.stdout
     left = {t.name for t in svc.list_tables()}
     assert f"{start}mine" in left and not {f"{start}payments", f"{start}ordered"} & left
+
+
+def test_cleanup_of_one_lesson_deletes_its_table_and_leaves_the_other_lessons(
+    env, service, lesson_tables, ns
+):
+    svc, start = lesson_tables
+    make(service, f"{ns}payments-queue", "m")
+    make(service, f"{ns}order-events", "m")
+    result = run_script(CLEANUP, "--prefix", ns, "--lesson", "exactly-once", "--yes", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "deleted 1 queue(s) and 1 table(s)" in result.stdout
+    left = {t.name for t in svc.list_tables()}
+    assert f"{start}ordered" in left and f"{start}payments" not in left
+    assert existing(service, ns) == {f"{ns}order-events"}
