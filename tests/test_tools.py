@@ -394,7 +394,7 @@ def test_status_shows_each_lessons_table_beside_the_queues(env, lesson_tables, n
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[-2:] == [
-        f"table {start}payments (exactly-once effects): 4 row(s); 2 payment(s) applied; "
+        f"table {start}payments (exactly-once effects): 4 row(s); 2 payment record(s); "
         "balances: acct-2 1200, acct-10 300",
         f"table {start}ordered (per-key order): 3 row(s); 1 order(s), 2 event(s) applied; "
         "next: order-1 #3",

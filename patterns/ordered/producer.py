@@ -3,10 +3,11 @@ paid 2, shipped 3, ...), the orders interleaved; --shuffle mixes them as retries
 
     python patterns/ordered/producer.py                        # 10 orders x 3 events
     python -m patterns.ordered.producer --shuffle              # in any order
-    python -m patterns.ordered.producer --drop order-3:2       # order-3's event 2 never sent
+    python -m patterns.ordered.producer --drop order-3:2       # order 3's event 2 never sent
 
 Queue Storage promises no order, and competing consumers reorder whatever it keeps: the
 sequence number in each event is what lets the consumers put an order's events back in line.
+Each run makes new orders (order-1-<run id>, ...): an order id is never used twice.
 --drop leaves a gap, as an event lost upstream would: its order's later events wait for it,
 then go to the poison queue, said why.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import uuid
 
 from patterns.helper import cli, connect
 from patterns.helper.support import workers
@@ -23,7 +25,7 @@ EVENTS = ("created", "paid", "packed", "shipped", "delivered")  # then "updated"
 
 
 def key_and_seq(text: str) -> tuple[str, int]:
-    """`--drop order-3:2` -> ("order-3", 2)."""
+    """`--drop order-3:2` -> ("order-3", 2): order 3 of this run, its event 2."""
     key, _, seq = text.rpartition(":")
     if not key or not seq.isascii() or not seq.isdigit() or int(seq) < 1:
         raise argparse.ArgumentTypeError(f"expected KEY:SEQ such as order-3:2, got {text!r}")
@@ -47,11 +49,12 @@ def main() -> int:
     log = cli.logger("producer")
     queue = connect.open_queue(args.queue)
 
+    run_id = uuid.uuid4().hex[:8]
     # Interleaved: every order's event 1, then every order's event 2, ...
     events = [
         {
-            "id": f"order-{k}:{seq}",
-            "key": f"order-{k}",
+            "id": f"order-{k}-{run_id}:{seq}",
+            "key": f"order-{k}-{run_id}",
             "seq": seq,
             "event": EVENTS[seq - 1] if seq <= len(EVENTS) else "updated",
         }
@@ -60,7 +63,7 @@ def main() -> int:
     ]
     if args.shuffle:
         random.shuffle(events)
-    dropped = [e for e in events if (e["key"], e["seq"]) in args.drop]
+    dropped = [e for e in events if (e["key"].removesuffix(f"-{run_id}"), e["seq"]) in args.drop]
     for event in dropped:
         log.info(f"dropped {event['key']} #{event['seq']} {event['event']} (lost upstream)")
 

@@ -182,7 +182,7 @@ def _payments(entities: list[dict[str, object]]) -> str:
         if e["RowKey"] == "balance" and "balance" in e
     }
     applied = sum(str(e["RowKey"]).startswith("payment-") for e in entities)
-    return f"{applied} payment(s) applied; balances: {_named(balances) or 'none yet'}"
+    return f"{applied} payment record(s); balances: {_named(balances) or 'none yet'}"
 
 
 def _ordered(entities: list[dict[str, object]]) -> str:
