@@ -128,9 +128,12 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _free_port_from(port: int) -> int:
-    """The first port above `port` that nothing listens on (to suggest one)."""
+def _free_port_from(port: int, chosen: tuple[int, ...] = ()) -> int:
+    """The first port above `port` that nothing listens on and no other service was given (to
+    suggest one)."""
     for candidate in range(port + 1, min(port + 100, 65535)):
+        if candidate in chosen:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", candidate))
@@ -165,22 +168,23 @@ def port_taken(
     service: str = "Queue",
     both: bool = True,
     defaults: bool = True,
+    chosen: tuple[int, ...] = (),
 ) -> str:
     """Why the emulator cannot start on `port` (its `flag`, for Azurite's `service`), and the
-    way on: use the Azurite that already runs there (`both` its services answer; on the
-    `defaults` ports or not), or start on a free port."""
+    way on: use the Azurite that already runs there (`both`: all its services answer; on the
+    `defaults` ports or not), or start on a free port (not one `chosen` for another service)."""
     if is_azurite(server, service) and both:
         use = "the scripts find it there" if defaults else "point the scripts at it as above"
         return (
             f"port {port} is already in use by an Azurite ({server}): it is running, use it; {use}"
         )
     if is_azurite(server, service):
-        what = f"an Azurite {service.lower()} service ({server}) without its other service"
+        what = f"an Azurite {service.lower()} service ({server}) without its other services"
     elif server is None:
         what = "another program (it does not answer HTTP), not an Azurite"
     else:
         what = f"another program (server '{server or 'unnamed'}'), not an Azurite"
-    free = _free_port_from(port)
+    free = _free_port_from(port, chosen)
     return (
         f"port {port} is already in use by {what}: start the emulator on a free port, e.g. "
         f"`python -m patterns.emulator {flag} {free}`, and point the scripts at it with the "
@@ -443,7 +447,9 @@ def main() -> int:
             print(scripts_setting(*chosen), flush=True)
         port, flag, kind, server = next((t for t in taken if not is_azurite(t[3], t[2])), taken[0])
         defaults = is_default(*chosen)
-        raise Fatal(port_taken(port, server, flag, kind, both=running, defaults=defaults))
+        raise Fatal(
+            port_taken(port, server, flag, kind, both=running, defaults=defaults, chosen=chosen)
+        )
     with emulator:
         where = "in memory" if args.in_memory else f"data in {args.location}"
         print(
