@@ -54,8 +54,9 @@ def test_emulator_on_other_ports_prints_the_line_that_points_the_scripts_at_it(s
     assert emulator.stop() == 0
     emulator.wait_for("Azurite Blob service successfully closed")  # both stopped, by their PIDs
     emulator.wait_for("Azurite Queue service successfully closed")
-    with socket.socket() as sock:  # the table service says nothing as it stops: its port is free
-        sock.bind(("127.0.0.1", table_port))
+    emulator.wait_for("Azurite Table service successfully closed")
+    with socket.socket() as sock:  # nothing listens there any more
+        assert sock.connect_ex(("127.0.0.1", table_port)) != 0
 
 
 def test_emulator_stopped_stops_all_three_services(tmp_path):
