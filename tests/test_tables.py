@@ -82,3 +82,13 @@ def test_a_good_key_passes_as_it_is():
 def test_a_table_name_is_checked_before_any_request(name):
     with pytest.raises(Fatal, match="invalid table name"):
         tables.table_name(name)
+
+
+def test_the_env_example_names_all_three_local_services():
+    """Copied to .env, its Azurite line must serve every lesson: one without a TableEndpoint
+    (or BlobEndpoint) beside its QueueEndpoint is refused by the lessons that need it."""
+    from patterns.emulator import ROOT
+
+    values, unreadable = settings.read_dotenv(ROOT / ".env.example")
+    assert not unreadable
+    assert values[CONNECTION_STRING_VAR] == azurite_connection_string()
