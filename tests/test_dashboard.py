@@ -1,0 +1,293 @@
+"""The dashboard (patterns/tools/dashboard.py): as a server, and as a page in a real browser
+(Debian's headless Chromium, one per module, see browser.py) against a real Azurite."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import re
+import signal
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from azure.core.exceptions import ResourceExistsError
+from browser import browser, dashboard_url, polls
+from playwright.sync_api import expect
+from support import assert_refused, env_for, peek_bodies, run_script, send, wait_until
+
+from patterns.emulator import Azurite, free_port
+from patterns.helper.settings import AZURITE_KEY, holds_piece_of
+
+DASHBOARD = "patterns.tools.dashboard"
+CONSUMER = "patterns.competing_consumers.consumer"
+PRODUCER = "patterns.competing_consumers.producer"
+HOSTILE = (
+    "<img src=x onerror=alert(1)>",
+    "</script><script>alert(2)</script>",
+    "<b onmouseover=alert(3)>bold?</b>",
+)
+expect.set_options(timeout=20_000)
+
+
+@pytest.fixture
+def ns() -> str:
+    """A prefix no other test uses; tutorial names go after it (`t1a2b3c4d-tasks-queue`)."""
+    return f"t{uuid.uuid4().hex[:8]}-"
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    with browser() as launched:
+        yield launched
+
+
+@pytest.fixture
+def page(chromium):
+    """A fresh tab; every dialog (alert) and console error it meets is recorded."""
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    tab.dialogs, tab.errors = [], []
+    tab.on("dialog", lambda dialog: (tab.dialogs.append(dialog.message), dialog.dismiss()))
+    tab.on("console", lambda m: m.type == "error" and tab.errors.append(m.text))
+    tab.on("pageerror", lambda error: tab.errors.append(str(error)))
+    yield tab
+    context.close()
+
+
+def put(service, queue: str, *bodies) -> None:
+    """Messages sent to a queue, made first if need be (send() as another client would)."""
+    with contextlib.suppress(ResourceExistsError):
+        service.get_queue_client(queue).create_queue()
+    for body in bodies:
+        send(service, queue, body)
+
+
+def row(page, queue: str):
+    return page.locator(f'tr[data-queue="{queue}"]')
+
+
+# --- the server ------------------------------------------------------------------------------
+
+
+def test_a_port_in_use_is_one_line_exit_2(env):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_script(DASHBOARD, "--port", str(port), env=env, timeout=30)
+    assert_refused(result, f"port {port} on 127.0.0.1 is already in use")
+
+
+def test_answers_only_its_own_address_with_no_secret_and_strict_headers(start, ns):
+    """DNS rebinding (a page elsewhere whose name now points at 127.0.0.1) is refused; the
+    page and its JSON carry no key; no inline script, no other origin, no sniffing."""
+    proc = start(DASHBOARD, "--port", "0", "--prefix", ns)
+    url = dashboard_url(proc)
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+
+    def get(path: str, host: str, method: str = "GET") -> http.client.HTTPResponse:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.putrequest(method, path, skip_host=True)
+        connection.putheader("Host", host)
+        connection.endheaders()
+        return connection.getresponse()
+
+    assert get("/", f"attacker.example:{port}").status == 421
+    assert get("/api/state", f"attacker.example:{port}").status == 421
+    assert get("/", f"127.0.0.1:{port + 1}").status == 421
+    wait_until(lambda: polls(url) > 0, what="a first poll")
+    for path in ("/", "/app.js", "/style.css", "/api/state", "/nothing", "/../../etc/passwd"):
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+            answer = get(path, host)
+            body = answer.read().decode()
+            assert answer.status == (404 if path in ("/nothing", "/../../etc/passwd") else 200)
+            policy = answer.headers["Content-Security-Policy"]
+            assert "default-src 'none'" in policy and "script-src 'self'" in policy
+            assert "'unsafe-inline'" not in policy and "http" not in policy
+            assert answer.headers["X-Content-Type-Options"] == "nosniff"
+            assert not holds_piece_of(body, AZURITE_KEY), path
+            assert "AccountKey" not in body and "root:" not in body
+    assert get("/", f"127.0.0.1:{port}", method="POST").status == 501  # reads only
+    assert json.loads(get("/api/state", f"127.0.0.1:{port}").read())["service"]["ok"] is True
+
+
+def test_ctrl_c_stops_it_at_once(start):
+    proc = start(DASHBOARD, "--port", "0")
+    dashboard_url(proc)
+    began = time.monotonic()
+    assert proc.stop(signal.SIGINT) == 0
+    assert time.monotonic() - began < 3
+    assert "Traceback" not in proc.text
+
+
+# --- the page, in a browser -----------------------------------------------------------------
+
+
+def test_tasks_show_and_drain_as_a_consumer_works_and_a_poison_reason_appears(
+    start, service, page, ns, tmp_path
+):
+    queue = f"{ns}tasks-queue"
+    put(service, queue, *({"id": f"task-{n}"} for n in range(6)))
+    proc = start(DASHBOARD, "--port", "0", "--prefix", ns, "--traces", str(tmp_path / "none"))
+    page.goto(dashboard_url(proc))
+    expect(page.locator("#connection")).to_have_class("connection live")
+    expect(row(page, queue).locator("td.messages")).to_have_text("6")
+    expect(row(page, queue).locator("td.visible")).to_have_text("6")
+    expect(page.locator("#queue-groups h3")).to_have_text("competing consumers")
+    assert "OTEL_TRACES_EXPORTER=jsonl" in page.locator("#journeys").inner_text()  # no traces
+
+    send(service, queue, "this is not JSON")
+    start(CONSUMER, "--queue", queue, "--work-seconds", "0.2", "--idle-max", "0.2")
+    expect(row(page, queue).locator("td.poison")).to_have_text("1")
+    expect(row(page, queue).locator("td.messages")).to_have_text("0")
+    reason = json.loads(peek_bodies(service, f"{queue}-poison")[0])["reason"]
+    expect(page.locator("#poison-list .reason")).to_have_text([reason])
+    expect(page.locator("#poison-list .body")).to_have_text(["this is not JSON"])
+    depth = row(page, queue).locator("svg.depth polyline.messages")
+    assert len(depth.get_attribute("points").split()) >= 2  # the depth, drawn as it fell
+    assert page.dialogs == [] and page.errors == []
+
+
+def test_hostile_text_shows_literally_and_runs_nothing(start, service, blobs, page, ns, tmp_path):
+    """Bodies, reasons, ids, blob and service names from anyone who can write: text only."""
+    poison = f"{ns}tasks-queue-poison"
+    record = {"reason": HOSTILE[0] + "\x1b[31m", "source_queue": f"{ns}tasks-queue",
+              "dequeue_count": 5, "poisoned_at": "2026-01-01T00:00:00+00:00",
+              "message_id": HOSTILE[2],
+              "body": json.dumps({"id": HOSTILE[2], "x": HOSTILE[1]})}  # fmt: skip
+    put(service, poison, record, HOSTILE[1])  # and one that is not a record at all
+    container = blobs.get_container_client("claim-check-payloads")
+    if not container.exists():
+        container.create_container()
+    container.upload_blob(f"{ns}claim-check-queue/{HOSTILE[0]}", b"x")
+    traces = tmp_path / "traces.jsonl"
+    began = time.time_ns()
+    spans = [
+        {"trace_id": "a" * 32, "span_id": "1" * 16, "parent_id": None, "kind": "producer",
+         "service": HOSTILE[1], "start_ns": began, "end_ns": began + 10**6,
+         "attributes": {"app.id": HOSTILE[0], "messaging.destination.name": "q"}, "events": []},
+        {"trace_id": "a" * 32, "span_id": "2" * 16, "parent_id": "1" * 16, "kind": "consumer",
+         "service": HOSTILE[2], "start_ns": began + 5 * 10**6, "end_ns": began + 9 * 10**6,
+         "attributes": {"messaging.destination.name": "q", "queue.wait_ms": 4.0,
+                        "outcome": "poisoned"},
+         "events": [{"name": "poisoned", "attributes": {"reason": HOSTILE[0]}}]},
+    ]  # fmt: skip
+    traces.write_text("".join(json.dumps(span) + "\n" for span in spans))
+    proc = start(DASHBOARD, "--port", "0", "--prefix", ns, "--traces", str(traces),
+                 "--orphan-age", "0")  # fmt: skip
+    page.goto(dashboard_url(proc))
+    expect(page.locator("#poison-list .record")).to_have_count(2)
+    expect(page.locator("#blob-list .orphan")).to_contain_text(HOSTILE[0])
+    page.locator("#journey-list .journey").first.click()
+    expect(page.locator("#journey-detail .hop")).to_have_count(2)
+
+    shown = page.locator("body").inner_text()
+    for text in (*HOSTILE, "\\x1b[31m"):
+        assert text in shown, text
+    assert page.locator("img").count() == 0  # the one in the favicon link is not an element
+    assert page.locator("script").count() == 1  # app.js
+    assert page.locator("[onerror], [onmouseover]").count() == 0
+    assert page.dialogs == [] and page.errors == []
+
+
+def test_journeys_of_a_traced_run_slowest_marked_and_a_click_shows_its_hops(
+    start, env, page, ns, tmp_path
+):
+    queue = f"{ns}tasks-queue"
+    traces = tmp_path / "traces.jsonl"
+    traced = {**env, "OTEL_TRACES_EXPORTER": "jsonl", "OTEL_TRACES_FILE": str(traces)}
+    sent = run_script(PRODUCER, "--queue", queue, "--count", "3", env=traced)
+    assert sent.returncode == 0, sent
+    consumer = start(CONSUMER, "--queue", queue, "--work-seconds", "0.05", "--idle-max", "0.2",
+                     env_=traced)  # fmt: skip
+    consumer.wait_for(r"\] done ", count=3)
+    proc = start(DASHBOARD, "--port", "0", "--prefix", ns, "--traces", str(traces))
+    page.goto(dashboard_url(proc))
+    journeys = page.locator("#journey-list .journey")
+    expect(journeys).to_have_count(3)
+    expect(page.locator("#journey-list .slowest")).to_have_count(1)
+    ids = {journey.split()[0] for journey in journeys.all_inner_texts()}
+    assert ids == set(re.findall(r"\] sent (\S+)$", sent.stdout, re.MULTILINE))
+    slowest = page.locator("#journey-list .journey", has=page.locator(".slowest"))
+    slowest.click()
+    hops = page.locator("#journey-detail .hop")
+    expect(hops).to_have_count(2)
+    assert "sends" in hops.nth(0).inner_text() and queue in hops.nth(0).inner_text()
+    assert "consumer" in hops.nth(1).inner_text() and "done" in hops.nth(1).inner_text()
+    assert page.locator("#journey-detail svg.gantt rect.work").count() >= 2
+    assert page.dialogs == [] and page.errors == []
+
+
+# --- an emulator of its own: restarted, and its access log counted ----------------------------
+
+
+@pytest.fixture(scope="module")
+def own_azurite(tmp_path_factory):
+    """An emulator only these tests use, on ports that stay the same across its restarts."""
+    log = tmp_path_factory.mktemp("dashboard") / "access.log"
+    port = free_port()
+    emulator = Azurite(port=port, blob_port=free_port(besides=port), log_path=log)
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+def test_the_page_survives_an_emulator_restart(start, own_azurite, page, ns):
+    proc = start(DASHBOARD, "--port", "0", "--prefix", ns, env_=env_for(own_azurite))
+    page.goto(dashboard_url(proc))
+    connection = page.locator("#connection")
+    expect(connection).to_have_class("connection live")
+    own_azurite.stop()
+    expect(connection).to_have_class("connection down")
+    expect(connection).to_contain_text("cannot reach the queue service")
+    own_azurite.start()  # in memory: it comes back empty
+    queue = f"{ns}tasks-queue"
+    service = own_azurite_service(own_azurite)
+    put(service, queue, {"id": "after-restart"}, {"id": "after-restart-2"})
+    expect(connection).to_have_class("connection live")
+    expect(row(page, queue).locator("td.messages")).to_have_text("2")
+    assert proc.popen.poll() is None
+    assert page.dialogs == [] and page.errors == []
+
+
+def own_azurite_service(emulator: Azurite):
+    from azure.storage.queue import QueueServiceClient
+
+    return QueueServiceClient.from_connection_string(emulator.connection_string)
+
+
+def test_a_second_tab_costs_the_storage_service_nothing_more(
+    start, own_azurite, page, chromium, ns
+):
+    """Requests to the queue service per second, from its access log, with one tab open and
+    then with two: one poller serves both."""
+    service = own_azurite_service(own_azurite)
+    for name in ("tasks-queue", "tasks-high-priority"):
+        put(service, f"{ns}{name}", {"id": "x"})
+    proc = start(DASHBOARD, "--port", "0", "--prefix", ns, env_=env_for(own_azurite))
+    url = dashboard_url(proc)
+    log = Path(own_azurite.log_path)
+
+    def rate() -> tuple[float, float]:
+        """(requests/s to the queue service, polls/s), over 4 polls."""
+        lines, first, began = len(log.read_bytes().splitlines()), polls(url), time.monotonic()
+        wait_until(lambda: polls(url) >= first + 4, what="4 polls")
+        seconds = time.monotonic() - began
+        return (len(log.read_bytes().splitlines()) - lines) / seconds, 4 / seconds
+
+    page.goto(url)
+    expect(page.locator("#footer")).to_contain_text("(1 open tab now)")
+    one, polls_one = rate()
+    second = chromium.new_page()
+    try:
+        second.goto(url)
+        expect(page.locator("#footer")).to_contain_text("(2 open tabs now)")
+        two, polls_two = rate()
+    finally:
+        second.close()
+    assert one > 0 and polls_one < 1.5 and polls_two < 1.5  # about once a second, tabs or not
+    assert two < 1.5 * one, (one, two)  # not twice as many
