@@ -296,6 +296,13 @@ function gantt(j, width, row) {
   return svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "gantt" }, ...bars);
 }
 
+function outcome(hop) {
+  // "poisoned: <reason>" says all that "poisoned" says
+  const notes = hop.notes.filter((note) => note !== hop.outcome);
+  const said = notes.some((note) => note.startsWith(`${hop.outcome}:`));
+  return [said ? "" : hop.outcome, ...notes].filter(Boolean).join("; ");
+}
+
 function drawDetail() {
   const place = document.getElementById("journey-detail");
   if (!chosen) {
@@ -312,8 +319,7 @@ function drawDetail() {
     el("td", { class: "num" }, hop.poll_ms ? hop.poll_ms.toFixed(1) : ""),
     el("td", { class: "num" }, hop.work_ms.toFixed(1)),
     el("td", {}, gantt({ ...j, hops: [hop] }, 300, 10)),
-    el("td", { class: "outcome" }, [hop.outcome, ...hop.notes.filter((n) => n !== hop.outcome)]
-      .filter(Boolean).join("; "))));
+    el("td", { class: "outcome" }, outcome(hop))));
   place.replaceChildren(el("h3", {}, `${j.id || "(no id)"}: ${j.total_ms.toFixed(1)} ms`,
     el("span", { class: "trace" }, ` trace ${j.trace}, began ${clock(Date.parse(j.began))}`)),
   el("table", { class: "hops" }, el("thead", {}, head), el("tbody", {}, ...rows)));
