@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import re
 import signal
 import socket
@@ -21,6 +22,7 @@ from support import assert_refused, env_for, peek_bodies, run_script, send, wait
 
 from patterns.emulator import Azurite, free_port
 from patterns.helper.settings import AZURITE_KEY, holds_piece_of
+from patterns.tools import dashboard, status
 
 DASHBOARD = "patterns.tools.dashboard"
 CONSUMER = "patterns.competing_consumers.consumer"
@@ -291,3 +293,48 @@ def test_a_second_tab_costs_the_storage_service_nothing_more(
         second.close()
     assert one > 0 and polls_one < 1.5 and polls_two < 1.5  # about once a second, tabs or not
     assert two < 1.5 * one, (one, two)  # not twice as many
+
+
+# --- what it keeps in memory (in-process) ---------------------------------------------------
+
+
+def span_line(trace: int, app_id: str) -> str:
+    began = time.time_ns()
+    return json.dumps({
+        "trace_id": f"{trace:032x}", "span_id": f"{trace:016x}", "parent_id": None,
+        "kind": "producer", "service": "producer", "start_ns": began, "end_ns": began + 1000,
+        "attributes": {"app.id": app_id, "messaging.destination.name": "q"}, "events": [],
+    }) + "\n"  # fmt: skip
+
+
+def test_the_traces_file_is_read_as_it_grows_and_only_the_latest_are_kept(tmp_path):
+    path = tmp_path / "traces.jsonl"
+    traces = dashboard.Traces(path)
+    assert traces.read() is False and traces.journeys() == []  # no file yet
+    path.write_text(span_line(1, "first") + '{"cut short')
+    assert traces.read() is True
+    assert [j["id"] for j in traces.journeys()] == ["first"]  # the half line waits
+    with path.open("a") as file:
+        file.write('"}\n' + "".join(span_line(n, f"id-{n}") for n in range(2, 400)))
+    assert traces.read() is True
+    assert traces.skipped == 1  # the line that was cut short is no span
+    assert len(traces.spans) == dashboard.TRACES_KEPT  # the oldest forgotten
+    shown = [j["id"] for j in traces.journeys()]
+    assert len(shown) == dashboard.JOURNEYS_SHOWN and shown[0] == "id-399"
+    assert traces.read() is False  # nothing new: nothing read
+    path.write_text(span_line(7, "anew"))  # a new file (removed and written again)
+    traces.read()
+    assert [j["id"] for j in traces.journeys()] == ["anew"]
+
+
+def test_a_queue_gone_is_forgotten_and_each_history_is_capped(tmp_path):
+    poller = dashboard.Poller(None, "", 60, tmp_path / "none", logging.getLogger("t"))
+    for n in range(500):
+        queues = ["tasks-queue"] + ([f"reply-{n}"] if n % 2 else [])  # reply queues come and go
+        poller._remember(n, [status.Row("x", name, n, n, None) for name in queues])
+    assert set(poller.history) == {"tasks-queue", "reply-499"}
+    assert len(poller.history["tasks-queue"]) == dashboard.WINDOW / dashboard.INTERVAL + 5
+    assert poller.state(since=497)["history"]["tasks-queue"] == [
+        [498, 498, 498, None],
+        [499, 499, 499, None],
+    ]

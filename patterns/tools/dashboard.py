@@ -258,9 +258,8 @@ class Poller:
 
     def run(self) -> None:
         while True:
-            began = time.monotonic()
             self.poll()
-            time.sleep(max(0.05, self.interval - (time.monotonic() - began)))
+            time.sleep(self.interval)  # after the poll, as `status --watch` waits: its pace
 
     def poll(self) -> None:
         now = int(time.time() * 1000)
