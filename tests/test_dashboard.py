@@ -151,6 +151,7 @@ def test_tasks_show_and_drain_as_a_consumer_works_and_a_poison_reason_appears(
     expect(page.locator("#poison-list .body")).to_have_text(["this is not JSON"])
     depth = row(page, queue).locator("svg.depth polyline.messages")
     assert len(depth.get_attribute("points").split()) >= 2  # the depth, drawn as it fell
+    assert row(page, queue).locator("svg.rate.net path.out").get_attribute("d") != "M0 0"
     assert page.dialogs == [] and page.errors == []
 
 
@@ -221,6 +222,10 @@ def test_journeys_of_a_traced_run_slowest_marked_and_a_click_shows_its_hops(
     assert "sends" in hops.nth(0).inner_text() and queue in hops.nth(0).inner_text()
     assert "consumer" in hops.nth(1).inner_text() and "done" in hops.nth(1).inner_text()
     assert page.locator("#journey-detail svg.gantt rect.work").count() >= 2
+    moved = row(page, queue).locator("svg.rate.traced")  # the spans tell in and out apart
+    expect(moved.locator("text")).to_have_text(re.compile(r"^traced ±[123]/s$"))
+    assert moved.locator("path.in").get_attribute("d") != "M0 0"
+    assert moved.locator("path.out").get_attribute("d") != "M0 0"
     assert page.dialogs == [] and page.errors == []
 
 
@@ -322,9 +327,11 @@ def test_the_traces_file_is_read_as_it_grows_and_only_the_latest_are_kept(tmp_pa
     shown = [j["id"] for j in traces.journeys()]
     assert len(shown) == dashboard.JOURNEYS_SHOWN and shown[0] == "id-399"
     assert traces.read() is False  # nothing new: nothing read
+    assert sum(sent for _, sent, _ in traces.traffic()["q"]) == 399  # sent to q, per second
     path.write_text(span_line(7, "anew"))  # a new file (removed and written again)
     traces.read()
     assert [j["id"] for j in traces.journeys()] == ["anew"]
+    assert [moved[1:] for moved in traces.traffic()["q"]] == [[1, 0]]
 
 
 def test_a_queue_gone_is_forgotten_and_each_history_is_capped(tmp_path):

@@ -162,6 +162,9 @@ class Traces:
         self.spans: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self.skipped = 0
         self.cut = False  # the next read starts in the middle of a line: skip to its end
+        # queue -> second -> [sent to it, taken off it (done or poisoned)]: what counts alone
+        # cannot tell (a count shows only their difference), for the last WINDOW seconds
+        self.moves: dict[str, dict[int, list[int]]] = {}
 
     def read(self) -> bool:
         """Read what was added since the last call; True if anything changed."""
@@ -169,10 +172,11 @@ class Traces:
             info = self.path.stat()
         except OSError:
             changed = bool(self.spans)
-            self.inode, self.offset, self.spans = 0, 0, OrderedDict()
+            self.inode, self.offset, self.spans, self.moves = 0, 0, OrderedDict(), {}
             return changed
         if info.st_ino != self.inode or info.st_size < self.offset:  # a new file
             self.inode, self.offset, self.spans, self.skipped = info.st_ino, 0, OrderedDict(), 0
+            self.moves = {}
             self.cut = info.st_size > TRACES_TAIL
             if self.cut:
                 self.offset = info.st_size - TRACES_TAIL  # only its end: the latest journeys
@@ -197,10 +201,38 @@ class Traces:
                 self.skipped += bool(line.strip())
                 continue
             self.spans.setdefault(span["trace_id"], []).append(span)
+            self._count(span)
             self.spans.move_to_end(span["trace_id"])
             while len(self.spans) > TRACES_KEPT:
                 self.spans.popitem(last=False)
         return bool(complete)
+
+    def _count(self, span: dict[str, Any]) -> None:
+        attributes = span.get("attributes", {})
+        queue = attributes.get("messaging.destination.name")
+        if not queue:
+            return
+        if span.get("kind") == "producer":
+            which, second = 0, span["start_ns"] // 10**9
+        elif span.get("kind") == "consumer" and attributes.get("outcome") in ("done", "poisoned"):
+            which, second = 1, span["end_ns"] // 10**9
+        else:
+            return  # a retry or a release: the message is still in its queue
+        if second >= time.time() - WINDOW:
+            self.moves.setdefault(queue, {}).setdefault(second, [0, 0])[which] += 1
+
+    def traffic(self) -> dict[str, list[list[int]]]:
+        """Per queue, [second (ms), messages sent to it, taken off it] of the last WINDOW s."""
+        oldest = time.time() - WINDOW
+        for queue, seconds in list(self.moves.items()):
+            for second in [s for s in seconds if s < oldest]:
+                del seconds[second]
+            if not seconds:
+                del self.moves[queue]
+        return {
+            shown(queue, 80): [[second * 1000, *moved] for second, moved in sorted(seconds.items())]
+            for queue, seconds in self.moves.items()
+        }
 
     def journeys(self) -> list[dict[str, Any]]:
         """The latest journeys, newest first, each hop in milliseconds from the journey's start."""
@@ -293,6 +325,7 @@ class Poller:
             "present": self.traces.path.is_file(),
             "skipped": self.traces.skipped,
             "journeys": self.journeys,
+            "traffic": self.traces.traffic(),
         }
         with self.lock:
             self.polls += 1

@@ -112,9 +112,10 @@ function drawQueues(state) {
         "appear here."));
     return;
   }
+  const traffic = state.traces.traffic || {};
   const groups = state.groups.map((group) => {
     const head = el("tr", {}, ...["queue", "messages", "visible", "in flight", "poison",
-      "depth", "net change /s"].map((name) => el("th", {}, name)));
+      "depth", "in / out per second"].map((name) => el("th", {}, name)));
     const rows = group.queues.map((queue) => {
       const samples = history.get(queue.name) || [];
       let visible = number(queue.visible);
@@ -129,7 +130,7 @@ function drawQueues(state) {
         el("td", { class: "in-flight" }, inFlight),
         el("td", { class: queue.poison ? "poison bad" : "poison" }, number(queue.poison)),
         el("td", { class: "graph" }, depthGraph(samples, state)),
-        el("td", { class: "graph" }, rateGraph(samples, state)));
+        el("td", { class: "graph" }, rateGraph(samples, state, traffic[queue.name])));
     });
     return el("section", { class: "group" }, el("h3", {}, group.title),
       el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)));
@@ -157,24 +158,37 @@ function depthGraph(samples, state) {
     svg("text", { x: 2, y: 8, class: "scale" }, `max ${top}`));
 }
 
-function rateGraph(samples, state) {
-  const rates = [];
+function rateGraph(samples, state, moved) {
+  if (moved && moved.length) {
+    // traced: what was sent to the queue (up) and taken off it (down), each second
+    return bars(moved, state, "traced",
+      "from the traces: messages sent to the queue (up) and taken off it, done or poisoned " +
+      "(down), per second");
+  }
+  const rates = []; // [ms, up, down]: the net change per second between two counts
   for (let i = 1; i < samples.length; i++) {
     const [t0, m0] = samples[i - 1], [t1, m1] = samples[i];
-    if (m0 !== null && m1 !== null && t1 > t0) rates.push([t1, ((m1 - m0) * 1000) / (t1 - t0)]);
+    if (m0 === null || m1 === null || t1 <= t0) continue;
+    const rate = ((m1 - m0) * 1000) / (t1 - t0);
+    rates.push([t1, Math.max(0, rate), Math.max(0, -rate)]);
   }
-  const top = Math.max(1, ...rates.map((r) => Math.abs(r[1])));
+  return bars(rates, state, "net",
+    "net change per second: up, more came in than went out; down, the reverse");
+}
+
+function bars(rows, state, kind, title) {
+  const top = Math.max(1, ...rows.map((r) => Math.max(r[1], r[2])));
   const mid = H / 2, half = H / 2 - 3;
-  const bars = (sign) => rates.filter((r) => r[1] * sign > 0).map((r) => {
-    const x = xOf(r[0], state).toFixed(1), h = ((Math.abs(r[1]) / top) * half).toFixed(1);
-    return `M${x} ${mid}v${sign > 0 ? "-" : ""}${h}`;
+  const path = (i, sign) => rows.filter((r) => r[i] > 0).map((r) => {
+    const x = xOf(r[0], state).toFixed(1), h = ((r[i] / top) * half).toFixed(1);
+    return `M${x} ${mid}v${sign * h}`;
   }).join("");
-  return svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, class: "rate" },
-    svg("title", {}, "net change per second: up, more came in than went out; down, the reverse"),
+  return svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, class: `rate ${kind}` },
+    svg("title", {}, title),
     svg("line", { x1: 0, y1: mid, x2: W, y2: mid, class: "axis" }),
-    svg("path", { d: bars(1) || "M0 0", class: "in" }),
-    svg("path", { d: bars(-1) || "M0 0", class: "out" }),
-    svg("text", { x: 2, y: 8, class: "scale" }, `±${Math.round(top * 10) / 10}/s`));
+    svg("path", { d: path(1, -1) || "M0 0", class: "in" }),
+    svg("path", { d: path(2, 1) || "M0 0", class: "out" }),
+    svg("text", { x: 2, y: 8, class: "scale" }, `${kind} ±${Math.round(top * 10) / 10}/s`));
 }
 
 // --- poison, blobs, tables ----------------------------------------------------------------
