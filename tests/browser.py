@@ -23,7 +23,7 @@ FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-URL_LINE = r"at (http://127\.0\.0\.1:\d+/)"
+URL_LINE = r"\] dashboard at (http://127\.0\.0\.1:\d+/)"
 
 
 def chromium() -> str:

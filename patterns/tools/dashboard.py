@@ -286,11 +286,24 @@ class Poller:
         self.snapshot: dict[str, Any] = {
             "polls": 0, "service": {"ok": None, "error": None}, "groups": [], "poison": [],
             "blobs": {"error": None, "containers": []}, "tables": [], "updated": None,
+            "traces": {"file": shown(traces, 200), "present": traces.is_file(), "skipped": 0,
+                       "journeys": [], "traffic": {}},
         }  # fmt: skip
 
     def run(self) -> None:
         while True:
-            self.poll()
+            try:
+                self.poll()
+            except Exception as error:  # a bug of ours must not freeze the page on "live"
+                self.log.warning(f"the dashboard failed to read a poll: {_why(error)}")
+                with self.lock:
+                    self.snapshot = {
+                        **self.snapshot,
+                        "service": {
+                            "ok": False,
+                            "error": f"the dashboard failed: {shown(_why(error))}",
+                        },
+                    }
             time.sleep(self.interval)  # after the poll, as `status --watch` waits: its pace
 
     def poll(self) -> None:
@@ -516,12 +529,12 @@ def main() -> int:
                 "running?): open that one, or choose another port with --port"
             ) from None
         raise Fatal(f"cannot serve on port {args.port}: {error.strerror}") from None
-    threading.Thread(target=poller.run, name="poller", daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     log.info(
-        f"dashboard of {connect.endpoint()} at {url} - open it in a browser; it only reads "
-        "(lists, counts, peeks), about once a second; Ctrl+C stops it"
+        f"dashboard at {url} - open it in a browser. It shows {connect.endpoint()}, reading "
+        "only (lists, counts, peeks) about once a second; Ctrl+C stops it"
     )
+    threading.Thread(target=poller.run, name="poller", daemon=True).start()
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

@@ -106,10 +106,12 @@ function drawQueues(state) {
   const place = document.getElementById("queue-groups");
   if (!state.groups.length) {
     const scope = state.prefix ? ` starting with '${state.prefix}'` : "";
-    place.replaceChildren(el("p", { class: "empty" },
-      state.service.ok === null ? "Reading the queues…" :
-        `No queues${scope} at ${state.endpoint} yet: start a lesson's producer and they ` +
-        "appear here."));
+    let empty = `No queues${scope} at ${state.endpoint} yet: start a lesson's producer and ` +
+      "they appear here.";
+    if (state.updated === null) {
+      empty = state.service.ok === null ? "Reading the queues…" : "Nothing read yet.";
+    }
+    place.replaceChildren(el("p", { class: "empty" }, empty));
     return;
   }
   const traffic = state.traces.traffic || {};
@@ -201,7 +203,7 @@ function drawPoison(records) {
   }
   list.replaceChildren(...records.map((r) => el("li", { class: "record" },
     el("div", { class: "head" },
-      el("span", { class: "when" }, r.at ? clock(Date.parse(r.at)) : ""),
+      el("span", { class: "when" }, isNaN(Date.parse(r.at)) ? "" : clock(Date.parse(r.at))),
       el("span", { class: "queue" }, r.queue),
       el("span", { class: "id" }, r.id || "(no id)"),
       el("span", { class: "attempts" },
