@@ -21,7 +21,12 @@ from playwright.sync_api import expect
 from support import assert_refused, env_for, peek_bodies, run_script, send, wait_until
 
 from patterns.emulator import Azurite, free_port
-from patterns.helper.settings import AZURITE_KEY, holds_piece_of
+from patterns.helper.settings import (
+    AZURITE_KEY,
+    CONNECTION_STRING_VAR,
+    azurite_connection_string,
+    holds_piece_of,
+)
 from patterns.tools import dashboard, status
 
 DASHBOARD = "patterns.tools.dashboard"
@@ -117,12 +122,26 @@ def test_answers_only_its_own_address_with_no_secret_and_strict_headers(start, n
     assert json.loads(get("/api/state", f"127.0.0.1:{port}").read())["service"]["ok"] is True
 
 
-def test_ctrl_c_stops_it_at_once(start):
-    proc = start(DASHBOARD, "--port", "0")
-    dashboard_url(proc)
-    began = time.monotonic()
-    assert proc.stop(signal.SIGINT) == 0
-    assert time.monotonic() - began < 3
+@pytest.mark.parametrize("service", ["answering", "hung"])
+def test_ctrl_c_stops_it_at_once(start, env, service):
+    """Even while its poller waits on a service that takes requests and never answers."""
+    with socket.create_server(("127.0.0.1", 0)) as hung:  # listens, never accepts
+        if service == "hung":
+            port = hung.getsockname()[1]
+            env = {**env, CONNECTION_STRING_VAR: azurite_connection_string(port, blob_port=port)}
+        proc = start(DASHBOARD, "--port", "0", env_=env)
+        url = dashboard_url(proc)
+        hung.settimeout(20)
+        if service == "hung":  # the poller's first request is under way: nothing answers it
+            held = hung.accept()[0]
+        else:
+            held = socket.socket()
+            wait_until(lambda: polls(url) > 0, what="a first poll")
+        with held:
+            began = time.monotonic()
+            assert proc.stop(signal.SIGINT) == 0
+            assert time.monotonic() - began < 3
+    assert proc.text.splitlines()[-1].endswith("] stopped")
     assert "Traceback" not in proc.text
 
 
