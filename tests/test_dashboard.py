@@ -227,13 +227,18 @@ def test_journeys_of_a_traced_run_slowest_marked_and_a_click_shows_its_hops(
     consumer = start(CONSUMER, "--queue", queue, "--work-seconds", "0.05", "--idle-max", "0.2",
                      env_=traced)  # fmt: skip
     consumer.wait_for(r"\] done ", count=3)
+    assert consumer.stop() == 0
+    later = run_script(PRODUCER, "--queue", queue, "--count", "1", env=traced)  # none takes it
     proc = start(DASHBOARD, "--port", "0", "--prefix", ns, "--traces", str(traces))
     page.goto(dashboard_url(proc))
     journeys = page.locator("#journey-list .journey")
-    expect(journeys).to_have_count(3)
-    expect(page.locator("#journey-list .slowest")).to_have_count(1)
-    ids = {journey.split()[0] for journey in journeys.all_inner_texts()}
-    assert ids == set(re.findall(r"\] sent (\S+)$", sent.stdout, re.MULTILINE))
+    expect(journeys).to_have_count(4)
+    expect(page.locator("#journey-list .slowest")).to_have_count(1)  # of the 3 that ended
+    ids = [journey.split()[0] for journey in journeys.all_inner_texts()]
+    assert ids[0] == re.findall(r"\] sent (\S+)$", later.stdout, re.MULTILINE)[0]  # newest
+    assert set(ids[1:]) == set(re.findall(r"\] sent (\S+)$", sent.stdout, re.MULTILINE))
+    expect(page.locator("#journey-list .waiting")).to_have_text([f"now waiting in {queue}"])
+    expect(journeys.nth(0).locator(".waiting")).to_have_count(1)
     slowest = page.locator("#journey-list .journey", has=page.locator(".slowest"))
     slowest.click()
     hops = page.locator("#journey-detail .hop")

@@ -244,6 +244,7 @@ class Traces:
                 "id": shown(j.app_id, 80),
                 "began": datetime.fromtimestamp(j.begin / 1e9, timezone.utc).isoformat(),
                 "total_ms": round(j.total_ms, 1),
+                "waiting": _waiting_in(j),
                 "hops": [
                     {
                         "role": shown(hop.role, 60),
@@ -261,6 +262,16 @@ class Traces:
             }
             for j in latest
         ]
+
+
+def _waiting_in(j: journey.Journey) -> str:
+    """The queue a journey's message waits in now ('' if none): sent there, not taken since."""
+    sent = [(hop.start, hop.queue) for hop in j.hops if hop.action == "send"]
+    sent += [moved for hop in j.hops for moved in hop.sends]  # forwards and replies
+    for at, queue in sent:
+        if not any(h.action == "process" and h.queue == queue and h.start >= at for h in j.hops):
+            return queue
+    return ""
 
 
 # --- the poller -----------------------------------------------------------------------------

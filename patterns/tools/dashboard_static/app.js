@@ -273,13 +273,15 @@ function drawJourneys(traces, again) {
     list.replaceChildren(el("p", { class: "empty" }, `No journeys in ${traces.file} yet.`));
     return;
   }
-  const slowest = Math.max(...traces.journeys.map((j) => j.total_ms));
+  const done = traces.journeys.filter((j) => !j.waiting); // a journey under way is no slowest
+  const slowest = Math.max(...done.map((j) => j.total_ms));
   const rows = traces.journeys.map((j) => {
     const row = el("li", { class: "journey", tabindex: "0", role: "button", "data-trace": j.trace },
       el("span", { class: "id" }, j.id || "(no id)"),
       el("span", { class: "total" }, `${j.total_ms.toFixed(1)} ms`),
       gantt(j, 240, 4),
-      j.total_ms === slowest ? el("span", { class: "slowest" }, "slowest") : "");
+      j.waiting ? el("span", { class: "waiting" }, `now waiting in ${j.waiting}`) : "",
+      !j.waiting && j.total_ms === slowest ? el("span", { class: "slowest" }, "slowest") : "");
     if (chosen && chosen.trace === j.trace) row.classList.add("chosen");
     const choose = () => { chosen = j; drawJourneys(traces, true); };
     row.addEventListener("click", choose);
