@@ -518,8 +518,7 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument(
         "--traces", type=Path, default=tracing.traces_file(), metavar="FILE",
-        help=f"the traces file to draw journeys from (default ${tracing.FILE_VAR} or "
-        f"{tracing.DEFAULT_FILE})",
+        help=f"the traces file to draw journeys from (${tracing.FILE_VAR} when set)",
     )  # fmt: skip
     parser.add_argument(
         "--orphan-age", type=cli.seconds(most=7 * 24 * 3600), default=blobs.ORPHAN_AGE,
