@@ -527,7 +527,8 @@ def main() -> int:
     args = parser.parse_args()
     log = cli.logger("dashboard")
     logging.getLogger("azure.storage.queue").setLevel(logging.ERROR)  # a failing peek: '?'
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stops like Ctrl+C
+    for stop in (signal.SIGINT, signal.SIGTERM):  # Ctrl+C, even if started in the background
+        signal.signal(stop, signal.default_int_handler)  # (where a shell ignores it for us)
     svc = connect.service(log)  # settings that cannot work stop here, before serving
     poller = Poller(svc, args.prefix, args.orphan_age, args.traces, log)
     try:
