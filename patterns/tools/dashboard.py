@@ -42,7 +42,7 @@ from patterns.tools.queues import is_poison
 PORT = 8642  # not Azurite's (10000-10002), Functions' (7071) nor a usual dev server's
 INTERVAL = 1.0  # seconds between two polls of the storage service
 WINDOW = 180  # seconds of history the graphs show
-POISON_SHOWN = 20  # the newest poison records on the page
+POISON_SHOWN = 10  # the newest poison records on the page
 JOURNEYS_SHOWN = 20  # the latest journeys on the page
 TRACES_KEPT = 200  # traces held in memory (the file may hold millions)
 TRACES_TAIL = 4 * 1024 * 1024  # bytes read of a big traces file's end, at start
