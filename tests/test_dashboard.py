@@ -12,16 +12,28 @@ import signal
 import socket
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 from azure.core.exceptions import ResourceExistsError
+from azure.storage.queue import AccountSasPermissions, ResourceTypes, generate_account_sas
 from browser import browser, dashboard_url, polls
 from playwright.sync_api import expect
-from support import assert_refused, env_for, peek_bodies, run_script, send, wait_until
+from support import (
+    assert_refused,
+    env_for,
+    learner_env,
+    peek_bodies,
+    run_script,
+    send,
+    wait_until,
+)
 
 from patterns.emulator import Azurite, free_port
 from patterns.helper.settings import (
+    AZURITE_ACCOUNT,
     AZURITE_KEY,
     CONNECTION_STRING_VAR,
     azurite_connection_string,
@@ -89,10 +101,22 @@ def test_a_port_in_use_is_one_line_exit_2(env):
     assert_refused(result, f"port {port} on 127.0.0.1 is already in use")
 
 
-def test_answers_only_its_own_address_with_no_secret_and_strict_headers(start, ns):
+@pytest.mark.parametrize("credential", ["key", "sas"])
+def test_answers_only_its_own_address_with_no_secret_and_strict_headers(
+    start, azurite, ns, credential
+):
     """DNS rebinding (a page elsewhere whose name now points at 127.0.0.1) is refused; the
-    page and its JSON carry no key; no inline script, no other origin, no sniffing."""
-    proc = start(DASHBOARD, "--port", "0", "--prefix", ns)
+    page and its JSON carry no key and no SAS token; no inline script, no other origin, no
+    sniffing."""
+    everything = ResourceTypes(service=True, container=True, object=True)
+    expiry = datetime.now(timezone.utc) + timedelta(hours=1)
+    reading = AccountSasPermissions(read=True, list=True)
+    sas = generate_account_sas(AZURITE_ACCOUNT, AZURITE_KEY, everything, reading, expiry)
+    setting = azurite.connection_string
+    if credential == "sas":
+        setting = f"QueueEndpoint={azurite.endpoint};SharedAccessSignature={sas}"
+    env = {**learner_env(), CONNECTION_STRING_VAR: setting}
+    proc = start(DASHBOARD, "--port", "0", "--prefix", ns, env_=env)
     url = dashboard_url(proc)
     port = int(url.rsplit(":", 1)[1].strip("/"))
 
@@ -117,9 +141,11 @@ def test_answers_only_its_own_address_with_no_secret_and_strict_headers(start, n
             assert "'unsafe-inline'" not in policy and "http" not in policy
             assert answer.headers["X-Content-Type-Options"] == "nosniff"
             assert not holds_piece_of(body, AZURITE_KEY), path
+            assert parse_qs(sas)["sig"][0] not in body and "sig=" not in body, path
             assert "AccountKey" not in body and "root:" not in body
     assert get("/", f"127.0.0.1:{port}", method="POST").status == 501  # reads only
-    assert json.loads(get("/api/state", f"127.0.0.1:{port}").read())["service"]["ok"] is True
+    shown = json.loads(get("/api/state", f"127.0.0.1:{port}").read())
+    assert shown["service"]["ok"] is True and shown["endpoint"] == azurite.endpoint
 
 
 @pytest.mark.parametrize("service", ["answering", "hung"])
