@@ -22,6 +22,7 @@ import json
 import logging
 import re
 import signal
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -40,7 +41,7 @@ from patterns.tools import blobs, journey, status
 from patterns.tools.queues import is_poison
 
 PORT = 8642  # not Azurite's (10000-10002), Functions' (7071) nor a usual dev server's
-INTERVAL = 1.0  # seconds between two polls of the storage service
+INTERVAL = 1.0  # seconds from one poll of the storage service to the next
 WINDOW = 180  # seconds of history the graphs show
 POISON_SHOWN = 10  # the newest poison records on the page
 JOURNEYS_SHOWN = 20  # the latest journeys on the page
@@ -446,7 +447,8 @@ class Server(ThreadingHTTPServer):
         self.tabs_lock = threading.Lock()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a tab closed mid-answer: nothing to say
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a tab closed mid-answer
+            super().handle_error(request, client_address)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -461,7 +463,9 @@ class Handler(BaseHTTPRequestHandler):
             query = parse_qs(url.query)
             since = (query.get("since") or ["0"])[0]
             tabs = self._count_tab((query.get("tab") or [""])[0])
-            state = self.server.poller.state(int(since) if since.isdigit() else 0)
+            state = self.server.poller.state(
+                int(since) if re.fullmatch(r"[0-9]{1,15}", since) else 0
+            )
             state.update(
                 started=self.server.started, endpoint=self.server.endpoint,
                 prefix=self.server.prefix, interval=self.server.poller.interval, window=WINDOW,
