@@ -397,3 +397,33 @@ def test_a_queue_gone_is_forgotten_and_each_history_is_capped(tmp_path):
         [498, 498, 498, None],
         [499, 499, 499, None],
     ]
+
+
+def test_a_journey_waits_only_in_a_queue_that_a_traced_consumer_takes_from(tmp_path):
+    """A request taken and answered (its reply taken by the untraced requestor), a request
+    not taken yet, and an order rejected to queue-rejected (which nobody takes from)."""
+    began = time.time_ns()
+
+    def span(trace: int, n: int, kind: str, queue: str, parent: int | None = None) -> dict:
+        return {"trace_id": f"{trace:032x}", "span_id": f"{trace:08x}{n:08x}",
+                "parent_id": None if parent is None else f"{trace:08x}{parent:08x}",
+                "kind": kind, "service": kind, "start_ns": began + n * 10**6,
+                "end_ns": began + n * 10**6 + 1000, "events": [],
+                "attributes": {"app.id": f"id-{trace}", "messaging.destination.name": queue,
+                               "queue.wait_ms": 0.0, "outcome": "done"}}  # fmt: skip
+
+    spans = [
+        span(1, 1, "producer", "request-queue"),
+        span(1, 2, "consumer", "request-queue", parent=1),
+        span(1, 3, "producer", "reply-1a2b", parent=2),  # the reply, sent while working
+        span(2, 1, "producer", "request-queue"),
+        span(3, 1, "producer", "queue-validate"),
+        span(3, 2, "consumer", "queue-validate", parent=1),
+        span(3, 3, "producer", "queue-rejected", parent=2),
+    ]
+    path = tmp_path / "traces.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in spans))
+    traces = dashboard.Traces(path)
+    traces.read()
+    waiting = {j["id"]: j["waiting"] for j in traces.journeys()}
+    assert waiting == {"id-1": "", "id-2": "request-queue", "id-3": ""}

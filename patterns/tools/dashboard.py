@@ -239,13 +239,14 @@ class Traces:
         """The latest journeys, newest first, each hop in milliseconds from the journey's start."""
         found = journey.journeys([span for spans in self.spans.values() for span in spans])
         latest = found[-JOURNEYS_SHOWN:][::-1]
+        consumed = {hop.queue for j in found for hop in j.hops if hop.action == "process"}
         return [
             {
                 "trace": shown(j.trace_id, 40),
                 "id": shown(j.app_id, 80),
                 "began": datetime.fromtimestamp(j.begin / 1e9, timezone.utc).isoformat(),
                 "total_ms": round(j.total_ms, 1),
-                "waiting": _waiting_in(j),
+                "waiting": _waiting_in(j, consumed),
                 "hops": [
                     {
                         "role": shown(hop.role, 60),
@@ -265,12 +266,15 @@ class Traces:
         ]
 
 
-def _waiting_in(j: journey.Journey) -> str:
-    """The queue a journey's message waits in now ('' if none): sent there, not taken since."""
+def _waiting_in(j: journey.Journey, consumed: set[str]) -> str:
+    """The queue a journey's message waits in now ('' if none): sent there, not taken since.
+    Only queues that a traced consumer takes from (`consumed`) count: a reply is taken by its
+    requestor, untraced, and nobody takes from queue-rejected."""
     sent = [(hop.start, hop.queue) for hop in j.hops if hop.action == "send"]
     sent += [moved for hop in j.hops for moved in hop.sends]  # forwards and replies
     for at, queue in sent:
-        if not any(h.action == "process" and h.queue == queue and h.start >= at for h in j.hops):
+        taken = any(h.action == "process" and h.queue == queue and h.start >= at for h in j.hops)
+        if queue in consumed and not taken:
             return queue
     return ""
 
