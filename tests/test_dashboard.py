@@ -32,7 +32,7 @@ from support import (
 )
 
 from patterns.emulator import Azurite, free_port
-from patterns.helper.settings import (
+from patterns.helper.support.settings import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
     CONNECTION_STRING_VAR,

@@ -33,10 +33,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from azure.core.exceptions import HttpResponseError
 from azure.storage.queue import QueueMessage, QueueServiceClient
 
-from patterns.helper import Fatal, cli, codec, connect, tracing
+from patterns.helper import Fatal, cli, codec, connect
+from patterns.helper.support import encoding, outage, tracing
+from patterns.helper.support.blobs import service as blob_service
+from patterns.helper.support.lines import printable
 from patterns.tools import blobs, journey, status
 from patterns.tools.queues import is_poison
 
@@ -73,7 +75,7 @@ TAB_ID = re.compile(r"^[a-z0-9]{1,16}$")
 def shown(text: Any, limit: int = TEXT_MAX) -> str:
     """Text from a message or a record, fit for the page: control characters escaped (as the
     terminal tools show them), cut to `limit` characters. The page adds it as text, not HTML."""
-    text = cli.printable(str(text))
+    text = printable(str(text))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -83,7 +85,7 @@ def shown(text: Any, limit: int = TEXT_MAX) -> str:
 def poison_record(queue: str, message: QueueMessage) -> dict[str, Any]:
     """A poison record as the page shows it: its reason, the id of the message it holds and a
     piece of its body. A message that is not a record (sent there by hand) is shown too."""
-    text, _ = codec.readable(message.content or "")
+    text, _ = encoding.readable(message.content or "")
     try:
         record = json.loads(text)
     except (ValueError, RecursionError):
@@ -96,7 +98,7 @@ def poison_record(queue: str, message: QueueMessage) -> dict[str, Any]:
     if isinstance(record.get("body_blob"), dict):
         body = f"(kept in blob {record['body_blob'].get('container')}/"
         body += f"{record['body_blob'].get('blob')})"
-    inner, _ = codec.readable(body if isinstance(body, str) else json.dumps(body))
+    inner, _ = encoding.readable(body if isinstance(body, str) else json.dumps(body))
     try:
         parsed = json.loads(inner)
     except (ValueError, RecursionError):
@@ -119,11 +121,11 @@ def blob_section(svc: QueueServiceClient, prefix: str, orphan_age: float) -> dic
     """The claim-check blobs (status's "blobs in ..." lines): per container, how many, their
     bytes, the orphans among them; or why they cannot be seen."""
     try:
-        found = blobs.tutorial_blobs(connect.blob_service(), svc, prefix, orphan_age)
+        found = blobs.tutorial_blobs(blob_service(), svc, prefix, orphan_age)
     except Fatal as error:  # e.g. a connection string without a BlobEndpoint
         return {"error": shown(error), "containers": []}
-    except (HttpResponseError, *connect.UNREACHABLE) as error:
-        return {"error": f"the blob service: {connect.in_short(error)}", "containers": []}
+    except connect.FAILED as error:
+        return {"error": f"the blob service: {outage.in_short(error)}", "containers": []}
     containers = []
     for container in blobs.CONTAINERS:
         mine = [blob for blob in found if blob.container == container]
@@ -294,7 +296,7 @@ class Poller:
         self.svc, self.prefix, self.orphan_age, self.log = svc, prefix, orphan_age, log
         self.interval = interval
         self.traces = Traces(traces)
-        self.outage = connect.Outage()  # one warning when the service goes, one when it is back
+        self.outage = outage.Outage("queue")  # one warning when it goes, one when it is back
         self.lock = threading.Lock()
         self.history: dict[str, deque[tuple[int, int | None, int | None, int | None]]] = {}
         self.polls = 0
@@ -330,13 +332,11 @@ class Poller:
             blob_part = blob_section(self.svc, self.prefix, self.orphan_age)
         except Exception as error:  # the page says what is wrong; the thread goes on
             why = shown(_why(error), 500)
-            if not self.outage.noticed(self.log, error) and why != self.snapshot["service"].get(
-                "error"
-            ):
+            if not self.outage.warn_if_away(error) and why != self.snapshot["service"].get("error"):
                 self.log.warning(f"{why}; trying again")  # once, until it changes
             snapshot["service"] = {"ok": False, "error": why, "at": now}
         else:
-            self.outage.over(self.log)
+            self.outage.over()
             table = status.rows({n: (t, _count(p)) for n, (t, p) in found.items()}, self.prefix)
             snapshot.update(
                 service={"ok": True, "error": None, "at": now},
@@ -391,7 +391,7 @@ def _why(error: Exception) -> str:
     """One line for a poll that failed, as a script would say it."""
     if isinstance(error, Fatal):
         return str(error)
-    explained = connect.explain(error)
+    explained = outage.explain(error)
     if explained is not None:
         return explained[0]
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
@@ -537,10 +537,10 @@ def main() -> int:
     logging.getLogger("azure.storage.queue").setLevel(logging.ERROR)  # a failing peek: '?'
     for stop in (signal.SIGINT, signal.SIGTERM):  # Ctrl+C, even if started in the background
         signal.signal(stop, signal.default_int_handler)  # (where a shell ignores it for us)
-    svc = connect.service(log)  # settings that cannot work stop here, before serving
+    svc = connect.service()  # settings that cannot work stop here, before serving
     poller = Poller(svc, args.prefix, args.orphan_age, args.traces, log)
     try:
-        server = Server(args.port, poller, connect.endpoint(), args.prefix)
+        server = Server(args.port, poller, outage.endpoint(), args.prefix)
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
             raise Fatal(
@@ -550,7 +550,7 @@ def main() -> int:
         raise Fatal(f"cannot serve on port {args.port}: {error.strerror}") from None
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     log.info(
-        f"dashboard at {url} - open it in a browser. It shows {connect.endpoint()}, reading "
+        f"dashboard at {url} - open it in a browser. It shows {outage.endpoint()}, reading "
         "only (lists, counts, peeks) about once a second; Ctrl+C stops it"
     )
     threading.Thread(target=poller.run, name="poller", daemon=True).start()
