@@ -286,7 +286,7 @@ def test_cleanup_lesson_deletes_exactly_that_lessons_queues_and_blobs(env, servi
         CLEANUP, "--prefix", ns, "--lesson", "competing-consumers", "--yes", env=env
     )
     assert result.returncode == 0, result.stderr
-    assert "deleted 2 queue(s) and 1 blob(s); 8 other queue(s) left alone" in result.stdout
+    assert "deleted 2 queue(s) and 1 blob(s)\n" in result.stdout  # the others are no news
     assert existing(service, ns) == {
         ns + name for name in [*TUTORIAL[2:], "claim-check-queue", "my-own-queue"]
     }

@@ -68,7 +68,8 @@ def main() -> int:
     others = len(listed) - len(mine)
     scope = f" starting with '{args.prefix}'" if args.prefix else ""
     scope += f" of lesson {args.lesson}" if args.lesson else ""
-    left_alone = f"; {others} other queue(s) left alone" if others else ""
+    # A lesson's page starts with --lesson: the other lessons' queues are no news there.
+    left_alone = f"; {others} other queue(s) left alone" if others and not args.lesson else ""
     if not mine and not kept:
         log.info(f"no tutorial queues{scope} to delete{left_alone}")
         return 0

@@ -73,7 +73,7 @@ def classify(name: str, prefix: str = "") -> tuple[Pattern, str] | None:
 
 
 def sort_key(name: str, prefix: str = "") -> tuple[int, int, str]:
-    """Tutorial order: patterns as in the README, each pattern's names in its own order,
+    """Tutorial order: lessons as in the hub (README.md), each lesson's names in its own order,
     queues no pattern uses last."""
     found = classify(name, prefix)
     if found is None:
