@@ -21,9 +21,11 @@ node_modules/.installed: package.json package-lock.json | $(VENV)/.installed
 	$(PY) -m patterns.emulator --install
 	@touch $@
 
-# Style first (ruff check, ruff format --check): a failure stops before the tests run.
+# Style first (ruff check, ruff format --check): a failure stops before the tests run. Three
+# workers (pytest-xdist), each with an Azurite of its own: most tests wait on processes and
+# timeouts, so three overlap well on two cores.
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 3
 
 demo: setup
 	$(PY) -m patterns.demo

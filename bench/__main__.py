@@ -22,7 +22,8 @@ from pathlib import Path
 from bench import idle, latency, report, throughput
 from bench.setup import Endpoints
 from patterns.emulator import ROOT
-from patterns.helper import cli, settings
+from patterns.helper import cli
+from patterns.helper.support import settings
 from patterns.runner import echo
 
 SECTIONS: dict[str, Callable[[Endpoints], tuple[list[report.Row], list[str]]]] = {

@@ -28,7 +28,7 @@ from patterns.runner import echo, stop_all
 
 SAMPLES = 8  # after idle, per setting; while busy: 3x as many
 COST_WINDOW = 4.0  # s: the idle cost counted before the samples
-IDLE_MAXES = (f"{cli.IDLE_MAX:g}", LOWER_IDLE_MAX)
+IDLE_MAXES = (f"{consume.IDLE_MAX:g}", LOWER_IDLE_MAX)
 
 
 def percentiles(values: list[float]) -> tuple[float, float]:

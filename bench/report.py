@@ -39,7 +39,7 @@ class Target:
         return f"{sign} {what}"
 
 
-# The targets of issue 14 (DESIGN.md, "Performance and reliability targets").
+# The targets (DESIGN.md, "Performance and reliability targets").
 DRAIN = Target(at_least=True, limit=0.8)
 PRODUCER = Target(at_least=True, limit=0.8)
 SCENARIO = Target(at_least=False, limit=1.03)

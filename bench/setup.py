@@ -16,7 +16,8 @@ from pathlib import Path
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from patterns.emulator import Azurite
-from patterns.helper import Fatal, settings
+from patterns.helper import Fatal
+from patterns.helper.support import settings
 from patterns.runner import Proc
 
 # `"GET /devstoreaccount1/<queue>/messages?numofmessages=32 HTTP/1.1"` in Azurite's access log

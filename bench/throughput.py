@@ -6,9 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +15,7 @@ from azure.storage.queue import QueueClient
 
 from bench import report
 from bench.setup import Endpoints, Setup, cpu_seconds
-from patterns.helper import cli
+from patterns.helper import consume
 from patterns.runner import Proc, echo, log_seconds
 
 PRODUCER = "patterns.competing_consumers.producer"
@@ -192,7 +189,7 @@ def rows(endpoints: Endpoints) -> tuple[list[report.Row], list[str]]:
     drain_rows = []
     for (how_many, batch), runs in sorted(drains.items(), key=lambda item: item[0][::-1]):
         what = f"zero-work drain: {how_many} consumer{'s' * (how_many > 1)}, --batch-size {batch}"
-        what += " (default)" if batch == cli.BATCH_SIZE else ""
+        what += " (default)" if batch == consume.BATCH_SIZE else ""
         ours, ceiling = fastest(runs), fastest(ceilings[how_many])
         drain_rows.append(report.Row(what, ours.rate, "msg/s", ceiling.rate, note=cpu(ours)))
     best = max(drain_rows, key=lambda row: row.ratio or 0)
@@ -239,29 +236,16 @@ def rows(endpoints: Endpoints) -> tuple[list[report.Row], list[str]]:
     return found, notes
 
 
-# --- --concurrency (branch i14-conc) ---------------------------------------------------------
+# --- --concurrency: I/O-bound work, N tasks at once ----------------------------------------
 
 CONCURRENCY = (1, 4, 16)
 IO_TASKS, IO_SECONDS = 32, 0.5
-
-
-def has_concurrency() -> bool:
-    """Does this checkout's competing consumer have --concurrency?"""
-    result = subprocess.run(
-        [sys.executable, "-m", CONSUMER, "--help"], capture_output=True, text=True, check=False
-    )
-    return bool(re.search(r"--concurrency\b", result.stdout))
 
 
 IO_BOUND = f"{IO_TASKS} I/O-bound tasks × {IO_SECONDS:g} s, 1 consumer, --concurrency"
 
 
 def concurrency_rows(endpoints: Endpoints) -> tuple[list[report.Row], list[str]]:
-    if not has_concurrency():
-        return [
-            report.Row(f"{IO_BOUND} {n}", None, "s", note="not available (no --concurrency)")
-            for n in CONCURRENCY
-        ], ["--concurrency: this checkout's consumer.py has no such flag, so not measured."]
     found = []
     for n in CONCURRENCY:
         with endpoints.open() as setup:

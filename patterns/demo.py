@@ -24,7 +24,8 @@ from pathlib import Path
 from azure.storage.queue import QueueServiceClient
 
 from patterns.emulator import Azurite
-from patterns.helper import Fatal, cli, settings, tracing
+from patterns.helper import Fatal, cli
+from patterns.helper.support import settings, tracing
 from patterns.runner import Proc, echo, log_seconds, queue_exists, stop_all
 from patterns.tools import journey
 
@@ -179,7 +180,7 @@ def priority(env: dict[str, str]) -> Row:
     with stage(env) as s:
         consumer = s.start(
             "patterns.priority.consumer",
-            *("--work-seconds", "0.5", "--idle-max", "0.1"),
+            *("--work-seconds", "1", "--idle-max", "0.1"),  # room to send all 12 meanwhile
             label="consumer",
         )
         consumer.wait_for(r"waiting for tasks")

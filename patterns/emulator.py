@@ -33,7 +33,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from patterns.helper import Fatal, cli, settings
+from patterns.helper import Fatal, cli
+from patterns.helper.support import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE_SRC = ROOT / "node_modules" / "azurite" / "dist" / "src"

@@ -1,9 +1,9 @@
 """Run tutorial scripts as child processes, the way a learner runs them in terminals.
 
-Used by the demo, the benchmarks and the tests: start `python -u -m patterns...`, collect its
-output lines (optionally echoing them with a `[role]` prefix), wait for a line, stop it by its
-PID. Also the few checks all three make: the time a log line was written, whether a queue
-exists, the requests Azurite logged for a queue; and `echo`, one whole line per print.
+Used by the demo and the benchmarks (and the tests, which start scripts the same way): start
+`python -u -m patterns...`, collect its output lines (optionally echoing them with a `[role]`
+prefix), wait for a line, stop it by its PID. Also the checks the demo and the benchmarks make:
+the time a log line was written, whether a queue exists; and `echo`, one whole line per print.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueServiceClient
 
-from patterns.emulator import ROOT, Azurite, die_with_parent
+from patterns.emulator import ROOT, die_with_parent
 
 _print_lock = threading.Lock()
 
@@ -152,11 +151,3 @@ def queue_exists(service: QueueServiceClient, name: str) -> bool:
     except ResourceNotFoundError:
         return False
     return True
-
-
-def requests_logged(azurite: Azurite, queue_name: str) -> list[str]:
-    """The lines of Azurite's access log for requests to one queue's messages (sends,
-    receives, deletes), in the order they were served."""
-    assert azurite.log_path is not None
-    lines = Path(azurite.log_path).read_text(errors="replace").splitlines()
-    return [line for line in lines if f"/{queue_name}/messages" in line]

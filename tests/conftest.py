@@ -19,10 +19,9 @@ from azure.storage.queue import QueueServiceClient
 from support import env_for
 
 from patterns.emulator import Azurite
-from patterns.helper.settings import MESSAGE_ENCODING_VAR
+from patterns.helper.support.settings import MESSAGE_ENCODING_VAR
 from patterns.runner import Proc, stop_all
 
-FIGURES = pytest.StashKey[list[str]]()
 # The suite runs in the default message encoding, whatever the shell or a .env says (the
 # environment wins over .env); tests of base64 mode set it themselves.
 os.environ[MESSAGE_ENCODING_VAR] = "text"
@@ -114,14 +113,24 @@ def web_port() -> Iterator[int]:
 @pytest.fixture
 def figures(request: pytest.FixtureRequest) -> Callable[[str], None]:
     """figures("2000 tasks in 8.1 s") -> one line in the "battery figures" section that ends
-    the run: what a test measured (times, duplicates, where messages ended up), not asserted."""
-    lines = request.config.stash.setdefault(FIGURES, [])
-    return lambda text: lines.append(f"{request.node.name}: {text}")
+    the run: what a test measured (times, duplicates, where messages ended up), not asserted.
+    Carried in the test's report, so that it reaches the summary from an xdist worker too."""
+    return lambda text: request.node.user_properties.append(
+        (FIGURE, f"{request.node.name}: {text}")
+    )
+
+
+FIGURE = "battery figure"
+_figures: list[str] = []  # in the process that writes the summary (xdist's controller, or this)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        _figures.extend(text for name, text in report.user_properties if name == FIGURE)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    lines = config.stash.get(FIGURES, [])
-    if lines:
+    if _figures:
         terminalreporter.section("battery figures")
-        for line in lines:
+        for line in _figures:
             terminalreporter.write_line(line)

@@ -15,7 +15,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from patterns.emulator import Azurite
-from patterns.helper.settings import azurite_connection_string
+from patterns.helper.support.settings import azurite_connection_string
 
 BUSY = (
     b'<?xml version="1.0" encoding="utf-8"?><Error><Code>ServerBusy</Code>'

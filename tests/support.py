@@ -2,9 +2,8 @@
 end, the environment a script runs in, look into a queue, send a test message, wait for a
 condition, the ids a script logged, and an expected failure as a learner sees it.
 
-Checks that the demo and the benchmarks make too (does a queue exist, the requests Azurite
-logged, the time on a log line) are in patterns/runner.py; tests import them from here, so
-there is one place to look.
+Checks that the demo and the benchmarks make too (does a queue exist, the time on a log line)
+are in patterns/runner.py; tests import them from here, so there is one place to look.
 """
 
 from __future__ import annotations
@@ -15,13 +14,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from azure.storage.queue import QueueServiceClient
 
 from patterns.emulator import ROOT, Azurite
-from patterns.helper.settings import CONNECTION_STRING_VAR
-from patterns.runner import Proc, log_seconds, queue_exists, requests_logged
+from patterns.helper.support.settings import CONNECTION_STRING_VAR
+from patterns.runner import Proc, log_seconds, queue_exists
 
 __all__ = [
     "assert_refused",
@@ -107,3 +107,11 @@ def assert_refused(
     assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
     assert shown in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def requests_logged(azurite: Azurite, queue_name: str) -> list[str]:
+    """The lines of Azurite's access log for requests to one queue's messages (sends,
+    receives, deletes), in the order they were served."""
+    assert azurite.log_path is not None
+    lines = Path(azurite.log_path).read_text(errors="replace").splitlines()
+    return [line for line in lines if f"/{queue_name}/messages" in line]

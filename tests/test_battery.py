@@ -27,7 +27,7 @@ from azure.storage.queue import QueueServiceClient
 from support import env_for, ids_logged, message_count, run_script, wait_until
 
 from patterns.emulator import Azurite
-from patterns.helper.codec import MAX_MESSAGE_BYTES, size_as_sent
+from patterns.helper.support.limits import MAX_MESSAGE_BYTES, size_as_sent
 from patterns.runner import Proc, stop_all
 
 pytestmark = pytest.mark.battery

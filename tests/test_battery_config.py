@@ -35,8 +35,8 @@ from support import (
 from test_flags import scripts
 from test_helper import CASES, QUOTED, SECRET, key_pieces
 
-from patterns.helper import tracing
-from patterns.helper.settings import CONNECTION_STRING_VAR
+from patterns.helper.support import tracing
+from patterns.helper.support.settings import CONNECTION_STRING_VAR
 
 pytestmark = pytest.mark.battery
 
@@ -220,8 +220,8 @@ def test_traces_removed_mid_run_never_stop_the_consumer(
 
 KEY_CASES = [name for name in CASES if name.startswith(("key-", "sas-"))]
 NOT_CONNECTING = {"patterns.demo", "patterns.emulator", "patterns.tools.journey", "bench.__main__"}
-# The bare consumer is the SDK alone on purpose (its docstring: the SDK's own errors, no checks).
-SDK_ONLY = {"patterns.competing_consumers.consumer_bare"}
+# The bare scripts are the SDK alone on purpose (their docstrings: the SDK's own errors, no checks).
+SDK_ONLY = {"patterns.competing_consumers.consumer_bare", "patterns.pipes_and_filters.filter_bare"}
 ARGS = {
     "patterns.fanout.consumer": ["--subscriber", "a"],
     "patterns.tools.peek": ["tasks-queue"],

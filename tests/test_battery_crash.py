@@ -21,7 +21,7 @@ from proxy import FaultyProxy
 from support import env_for, ids_logged, message_count, peek_bodies, send, wait_until
 from test_battery import outage
 
-from patterns.helper.settings import CONNECTION_STRING_VAR
+from patterns.helper.support.settings import CONNECTION_STRING_VAR
 from patterns.runner import Proc
 
 pytestmark = pytest.mark.battery

@@ -26,7 +26,7 @@ from azure.storage.queue import QueueServiceClient
 from support import message_count, peek_bodies, run_script, wait_until
 
 from patterns.emulator import Azurite
-from patterns.helper.consume import POISON_RECORDS_CONTAINER
+from patterns.helper.support.poison import CONTAINER as POISON_RECORDS_CONTAINER
 from patterns.tools import journey
 from patterns.tools.blobs import PAYLOADS_CONTAINER
 

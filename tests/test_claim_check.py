@@ -28,8 +28,10 @@ from support import (
 )
 
 from patterns.emulator import AZURITE_BLOB_MAIN, ensure_node
-from patterns.helper import connect, settings
-from patterns.helper.settings import CONNECTION_STRING_VAR
+from patterns.helper import connect
+from patterns.helper.support import blobs as blob_support
+from patterns.helper.support import settings
+from patterns.helper.support.settings import CONNECTION_STRING_VAR
 from patterns.tools.blobs import PAYLOADS_CONTAINER
 
 PRODUCER = "patterns.claim_check.producer"
@@ -238,9 +240,9 @@ def test_with_entra_sign_in_the_blob_service_is_the_queue_services_neighbour(mon
     signed_in = settings.Settings("", "environment", account_url=url)
     monkeypatch.setattr(settings, "load_settings", lambda: signed_in)
     credential = AzureNamedKeyCredential("learner", "a2V5")  # stands for the Entra credential
-    monkeypatch.setattr(connect, "service", lambda log=None: SimpleNamespace(credential=credential))
-    monkeypatch.setattr(connect, "_blob_service", None)
-    assert connect.blob_service().url == "https://learner.blob.core.windows.net/"
+    monkeypatch.setattr(connect, "service", lambda: SimpleNamespace(credential=credential))
+    monkeypatch.setattr(blob_support, "_service", None)
+    assert blob_support.service().url == "https://learner.blob.core.windows.net/"
 
 
 def test_in_base64_mode_claim_checks_work_and_are_no_orphans(start, env, service, blobs, qname):

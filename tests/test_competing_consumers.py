@@ -27,8 +27,8 @@ from support import (
 )
 
 from patterns.emulator import Azurite
-from patterns.helper import cli
-from patterns.helper.settings import CONNECTION_STRING_VAR
+from patterns.helper import consume
+from patterns.helper.support.settings import CONNECTION_STRING_VAR
 from patterns.runner import Proc
 
 CONSUMER = "patterns.competing_consumers.consumer"
@@ -183,7 +183,7 @@ def test_task_longer_than_visibility_timeout_is_processed_once(start, service, q
 
 def test_no_server_exits_2_quickly_with_one_line(env, azurite):
     from patterns.emulator import free_port
-    from patterns.helper.settings import azurite_connection_string
+    from patterns.helper.support.settings import azurite_connection_string
 
     dead = {**env, "AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string(free_port())}
     for module in (PRODUCER, CONSUMER):
@@ -400,7 +400,7 @@ def test_a_failing_task_is_retried_after_a_growing_backoff_then_poisoned(start, 
     # backoff is over (the service's clock counts whole seconds: 0.5 s of slack), and each one
     # back before the 30 s visibility timeout would have brought it (the backoff, not that).
     for gap, wait in zip(gaps, [1, 2, 4, 8], strict=True):
-        assert wait - 0.5 <= gap < cli.VISIBILITY_TIMEOUT, gaps
+        assert wait - 0.5 <= gap < consume.VISIBILITY_TIMEOUT, gaps
     assert message_count(service, qname) == 0
     assert consumer.stop() == 0
 

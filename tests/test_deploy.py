@@ -32,15 +32,12 @@ KEDA = "keda.sh/v1alpha1"
 
 
 def helper_constant(name: str) -> str:
-    """A constant of the shared helper, whether it is one module (patterns/helper.py) or a
-    package (patterns/helper/) that may keep it in a submodule."""
+    """A constant of the shared helper, wherever in it (patterns/helper/, support/ too)."""
     helper = importlib.import_module("patterns.helper")
-    modules = [helper]
-    if hasattr(helper, "__path__"):
-        modules += [
-            importlib.import_module(f"patterns.helper.{info.name}")
-            for info in pkgutil.iter_modules(helper.__path__)
-        ]
+    modules = [helper] + [
+        importlib.import_module(info.name)
+        for info in pkgutil.walk_packages(helper.__path__, "patterns.helper.")
+    ]
     for module in modules:
         value = getattr(module, name, None)
         if isinstance(value, str):

@@ -10,7 +10,7 @@ import socket
 from support import assert_refused, learner_env, run_script
 
 from patterns.emulator import Azurite, free_port
-from patterns.helper.settings import CONNECTION_STRING_VAR
+from patterns.helper.support.settings import CONNECTION_STRING_VAR
 
 EMULATOR = "patterns.emulator"
 PRODUCER = "patterns.competing_consumers.producer"

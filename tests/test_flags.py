@@ -16,7 +16,7 @@ import os
 import re
 import signal
 import socket
-import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
@@ -26,8 +26,8 @@ import pytest
 from support import assert_refused, message_count, run_script
 
 from patterns.emulator import ROOT
-from patterns.helper import cli
-from patterns.helper.settings import CONNECTION_STRING_VAR, azurite_connection_string
+from patterns.helper.support.flags import Range
+from patterns.helper.support.settings import CONNECTION_STRING_VAR, azurite_connection_string
 
 CONSUMED = "q" * 57  # a valid queue name, but one too long for its -poison queue (64 > 63)
 
@@ -172,11 +172,33 @@ CASES: list[Case] = [
 
 
 class Outcome(NamedTuple):
-    result: subprocess.CompletedProcess[str]
+    code: object  # the exit code
+    stdout: str
+    stderr: str
     knocked: bool  # did the script open a connection to its "service"?
 
 
+def run_in_this_process(case: Case, monkeypatch: pytest.MonkeyPatch, capsys) -> Outcome:
+    """The script's main() on the case's arguments, here: its parser is the one a learner's
+    run meets. Every connection it tries is counted, and refused."""
+    knocks: list[object] = []
+
+    def knock(self: socket.socket, address: object) -> None:
+        knocks.append(address)
+        raise ConnectionRefusedError("no connection may be made before the flags are checked")
+
+    monkeypatch.setattr(socket.socket, "connect", knock)
+    monkeypatch.setattr(sys, "argv", [case.module, *case.argv])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        importlib.import_module(case.module).main()
+    out, err = capsys.readouterr()
+    return Outcome(exited.value.code, out, err, bool(knocks))
+
+
 def run_against_a_silent_service(case: Case) -> Outcome:
+    """The script run as a learner runs it, its "service" a socket that listens and never
+    answers: whether anyone knocked."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
@@ -189,28 +211,41 @@ def run_against_a_silent_service(case: Case) -> Outcome:
         try:
             server.accept()[0].close()
         except BlockingIOError:
-            return Outcome(result, knocked=False)
-        return Outcome(result, knocked=True)
+            return Outcome(result.returncode, result.stdout, result.stderr, knocked=False)
+        return Outcome(result.returncode, result.stdout, result.stderr, knocked=True)
 
 
-@cache
-def outcomes() -> dict[Case, Outcome]:
-    """Every row run once, a few at a time (each is a Python start-up, nothing more)."""
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(CASES, pool.map(run_against_a_silent_service, CASES), strict=True))
-
-
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
-def test_a_bad_value_is_one_line_naming_the_flag_before_any_request(case):
-    result, knocked = outcomes()[case]
-    assert result.returncode == 2, result
-    assert not knocked, f"{case.id}: the script connected to the service before refusing"
-    stderr = result.stderr.strip()
+def assert_refused_before_any_request(case: Case, outcome: Outcome) -> None:
+    assert outcome.code == 2, outcome
+    assert not outcome.knocked, f"{case.id}: the script connected to the service before refusing"
+    stderr = outcome.stderr.strip()
     assert stderr.splitlines() == [stderr], stderr  # one line, not a usage block
     assert re.match(rf"error: argument (-\w/)?{case.flag}: ", stderr), stderr  # -n/--count
     assert repr(case.value) in stderr or case.value in stderr, stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    assert result.stdout == ""
+    assert "Traceback" not in outcome.stdout + outcome.stderr
+    assert outcome.stdout == ""
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_a_bad_value_is_one_line_naming_the_flag_before_any_request(case, monkeypatch, capsys):
+    assert_refused_before_any_request(case, run_in_this_process(case, monkeypatch, capsys))
+
+
+# One row per script, run for real (a Python start-up each): the same refusal, as a learner
+# meets it, from a process that starts as `python -m` starts it.
+FIRST_OF_EACH = list({case.module: case for case in reversed(CASES)}.values())
+
+
+@cache
+def real_outcomes() -> dict[Case, Outcome]:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        found = pool.map(run_against_a_silent_service, FIRST_OF_EACH)
+        return dict(zip(FIRST_OF_EACH, found, strict=True))
+
+
+@pytest.mark.parametrize("case", FIRST_OF_EACH, ids=lambda case: case.id)
+def test_a_bad_value_is_refused_the_same_way_by_the_script_run_for_real(case):
+    assert_refused_before_any_request(case, real_outcomes()[case])
 
 
 class Parsed(Exception):
@@ -342,7 +377,7 @@ def test_numeric_flags_take_ascii_digits_only(module, monkeypatch):
     with pytest.raises(Parsed) as parsed:
         importlib.import_module(module).main()
     for action in parsed.value.args[0]._actions:
-        if not isinstance(action.type, cli._Range) or action.default is None:
+        if not isinstance(action.type, Range) or action.default is None:
             continue
         text = f"{action.default:g}" if isinstance(action.default, float) else str(action.default)
         assert action.type(text) == action.default  # as written in ASCII: taken

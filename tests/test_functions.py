@@ -23,8 +23,9 @@ from test_deploy import default_queue
 from test_tracing import spans_of, traced
 
 from patterns.emulator import ROOT
-from patterns.helper import BadMessage, cli, codec, connect, settings
-from patterns.helper.settings import MESSAGE_ENCODING_VAR
+from patterns.helper import BadMessage, codec, connect, consume
+from patterns.helper.support import encoding, limits, lines
+from patterns.helper.support.settings import MESSAGE_ENCODING_VAR
 from patterns.tools import journey
 
 FUNCTIONS = ROOT / "patterns" / "functions"
@@ -38,11 +39,11 @@ def in_mode(env: dict[str, str], encoding: str) -> dict[str, str]:
 
 @pytest.fixture
 def base64_mode(monkeypatch: pytest.MonkeyPatch):
-    """This process in base64 mode (codec reads the setting once: forget it before and after)."""
+    """This process in base64 mode (it reads the setting once: forget it before and after)."""
     monkeypatch.setenv(MESSAGE_ENCODING_VAR, "base64")
-    codec.encoding.cache_clear()
+    encoding.current.cache_clear()
     yield
-    codec.encoding.cache_clear()
+    encoding.current.cache_clear()
 
 
 def raw_message(text: str) -> types.SimpleNamespace:
@@ -59,10 +60,10 @@ def b64(text: str) -> str:
 def test_the_setting_comes_from_the_environment_then_dotenv_and_defaults_to_text(tmp_path):
     dotenv = tmp_path / ".env"
     dotenv.write_text(f"{MESSAGE_ENCODING_VAR}=Base64\n")
-    assert settings.message_encoding({}, tmp_path / "none") == "text"
-    assert settings.message_encoding({}, dotenv) == "base64"
-    assert settings.message_encoding({MESSAGE_ENCODING_VAR: "text"}, dotenv) == "text"
-    assert settings.message_encoding({MESSAGE_ENCODING_VAR: " "}, dotenv) == "base64"
+    assert encoding.setting({}, tmp_path / "none") == "text"
+    assert encoding.setting({}, dotenv) == "base64"
+    assert encoding.setting({MESSAGE_ENCODING_VAR: "text"}, dotenv) == "text"
+    assert encoding.setting({MESSAGE_ENCODING_VAR: " "}, dotenv) == "base64"
 
 
 def test_a_bad_value_is_one_line_and_exit_2_before_anything_is_sent(env, service, qname):
@@ -77,15 +78,15 @@ def test_a_bad_value_is_one_line_and_exit_2_before_anything_is_sent(env, service
 
 def test_text_mode_flags_base64_and_reads_plain_text():
     task = json.dumps({"id": "task-1"})
-    assert codec.text_of(raw_message(task)) == task
+    assert encoding.text_of(task) == task
     with pytest.raises(BadMessage, match=f"looks Base64-encoded.*{MESSAGE_ENCODING_VAR}=base64"):
-        codec.text_of(raw_message(b64(task)))
+        encoding.text_of(b64(task))
     # Plain words that happen to be valid Base64 decode to bytes that are not text: not flagged.
     for word in ("test", "hello", "abcd1234", "1234", ""):
-        assert codec.text_of(raw_message(word)) == word
-    assert codec.readable(b64(task)) == (task, True)
-    assert codec.readable(task) == (task, False)
-    assert codec.describe(raw_message(b64(task))) == "message m-1 (id task-1)"
+        assert encoding.text_of(word) == word
+    assert encoding.readable(b64(task)) == (task, True)
+    assert encoding.readable(task) == (task, False)
+    assert lines.describe(raw_message(b64(task))) == "message m-1 (id task-1)"
 
 
 def test_base64_mode_sends_base64_and_flags_plain_text(base64_mode):
@@ -101,7 +102,7 @@ def test_base64_mode_sends_base64_and_flags_plain_text(base64_mode):
 
 def test_base64_mode_refuses_what_fits_as_text_but_not_once_encoded(base64_mode):
     body = {"id": "big", "data": "x" * 50_000}  # ~50 KB of JSON: fits as text, not as Base64
-    assert codec.size_as_sent(json.dumps(body)) < codec.MAX_MESSAGE_BYTES
+    assert limits.size_as_sent(json.dumps(body)) < limits.MAX_MESSAGE_BYTES
     with pytest.raises(codec.Unsendable, match=r"bytes as sent \(Base64.*4/3") as refused:
         codec.encode(body)
     assert "64 KiB" in str(refused.value)
@@ -140,9 +141,9 @@ def test_line_wrapped_base64_is_base64_in_either_mode(env, start, service, qname
                      env_=in_mode(env, "base64"))  # fmt: skip
     consumer.wait_for(r"\] done wrapped-1")
     assert consumer.stop() == 0
-    assert codec.readable(wrapped) == (task, True)
+    assert encoding.readable(wrapped) == (task, True)
     with pytest.raises(BadMessage, match="looks Base64-encoded"):
-        codec.text_of(raw_message(wrapped))  # this process is in text mode
+        encoding.text_of(wrapped)  # this process is in text mode
 
 
 MISMATCHES = {
@@ -170,7 +171,7 @@ def test_a_message_in_the_other_encoding_goes_to_poison_as_it_came_and_redrive_r
     # Nothing lost: one record, the original text inside exactly as it came, the reason beside.
     wait_until(lambda: message_count(service, qname + "-poison") == 1, what="the poison record")
     [record_text] = peek_bodies(service, qname + "-poison")
-    record = json.loads(codec.readable(record_text)[0])  # the record is in the consumer's mode
+    record = json.loads(encoding.readable(record_text)[0])  # the record is in the consumer's mode
     assert record["body"] == stray
     assert said in record["reason"]
     assert record_text != stray
@@ -261,11 +262,11 @@ def test_the_function_reads_the_queue_our_consumer_reads_from_the_storage_the_se
 def test_host_json_maps_our_consumer_defaults_and_conventions():
     queues = json.loads((FUNCTIONS / "host.json").read_text())["extensions"]["queues"]
     assert connect.POISON_SUFFIX == "-poison"  # the trigger's <queue>-poison, fixed there
-    assert queues["maxDequeueCount"] == cli.MAX_ATTEMPTS == 5
-    assert queues["batchSize"] == cli.BATCH_SIZE
+    assert queues["maxDequeueCount"] == consume.MAX_ATTEMPTS == 5
+    assert queues["batchSize"] == consume.BATCH_SIZE
     assert queues["newBatchThreshold"] == 0  # like ours: the next batch when this one is done
-    assert queues["visibilityTimeout"] == timespan(cli.RETRY_BACKOFF)  # first retry's wait
-    assert queues["maxPollingInterval"] == timespan(cli.IDLE_MAX)
+    assert queues["visibilityTimeout"] == timespan(consume.RETRY_BACKOFF)  # first retry's wait
+    assert queues["maxPollingInterval"] == timespan(consume.IDLE_MAX)
     assert queues["messageEncoding"] == "base64"
 
 

@@ -23,13 +23,16 @@ import pytest
 from azure.storage.queue import QueueClient
 from support import assert_refused, learner_env, run_script
 
-from patterns.emulator import Azurite, free_port
+from patterns.emulator import ROOT, Azurite, free_port
 from patterns.helper import BadMessage, Fatal, connect
-from patterns.helper.cli import logger
-from patterns.helper.codec import XML_FORBIDDEN, Unsendable, app_id, describe, encode, parse_json
-from patterns.helper.connect import endpoint, queue_name, service, unreachable_message
-from patterns.helper.consume import Backoff, Workers
-from patterns.helper.settings import (
+from patterns.helper.codec import Unsendable, app_id, encode, parse_json
+from patterns.helper.connect import queue_name, service
+from patterns.helper.support import outage
+from patterns.helper.support.idle import Backoff
+from patterns.helper.support.limits import XML_FORBIDDEN
+from patterns.helper.support.lines import describe, id_in, logger
+from patterns.helper.support.outage import endpoint, unreachable_message
+from patterns.helper.support.settings import (
     ACCOUNT_URL_VAR,
     AZURITE_ACCOUNT,
     CONNECTION_STRING_VAR,
@@ -40,6 +43,7 @@ from patterns.helper.settings import (
     printable_url,
     redact,
 )
+from patterns.helper.support.workers import Workers
 from patterns.runner import Proc
 
 REAL = (
@@ -206,7 +210,7 @@ def test_the_keeper_renews_a_lease_taken_while_it_sleeps_with_nothing_to_do():
     its idle minute must still wake it."""
     from types import SimpleNamespace
 
-    from patterns.helper.consume import _VisibilityKeeper
+    from patterns.helper.support.lease import Keeper
 
     renewed: list[str] = []
 
@@ -215,7 +219,7 @@ def test_the_keeper_renews_a_lease_taken_while_it_sleeps_with_nothing_to_do():
             renewed.append(id)
             return SimpleNamespace(pop_receipt=receipt + "'")
 
-    keeper = _VisibilityKeeper(FakeQueue(), 1, logger("test"))  # type: ignore[arg-type]
+    keeper = Keeper(FakeQueue(), 1)  # type: ignore[arg-type]
     first, second = (SimpleNamespace(id=n, pop_receipt="r", content="") for n in ("a", "b"))
     keeper.keep(first)  # type: ignore[arg-type]
     keeper.drop(first)  # type: ignore[arg-type]  # settled before its renewal was due
@@ -233,7 +237,7 @@ def test_the_keeper_lives_on_after_an_unforeseen_error_and_drop_never_hangs():
     to: the message stayed 'being renewed', and Ctrl+C could not stop the consumer)."""
     from types import SimpleNamespace
 
-    from patterns.helper.consume import _VisibilityKeeper
+    from patterns.helper.support.lease import Keeper
 
     tries: list[str] = []
 
@@ -244,7 +248,7 @@ def test_the_keeper_lives_on_after_an_unforeseen_error_and_drop_never_hangs():
                 raise ValueError("pop_receipt must be present")
             return SimpleNamespace(pop_receipt=receipt + "'")
 
-    keeper = _VisibilityKeeper(FlakyQueue(), 1, logger("test"))  # type: ignore[arg-type]
+    keeper = Keeper(FlakyQueue(), 1)  # type: ignore[arg-type]
     message = SimpleNamespace(id="m", pop_receipt="r", content="")
     keeper.keep(message)  # type: ignore[arg-type]
     deadline = time.monotonic() + 5
@@ -425,6 +429,20 @@ def test_describe_names_the_application_id_beside_the_service_id():
         assert describe(_Stored(content)) == "message svc-1"
 
 
+def test_one_application_id_rule_for_poison_log_lines_traces_and_redrive():
+    """codec.app_id decides what is poisoned; log lines, traces and redrive name a message by
+    the same rule: not any string, nor an integer."""
+    from patterns.tools.redrive import label
+
+    for body in ({"id": 7}, {"id": ""}, {"id": "\x1b[2J"}, {"id": None}, {}):
+        with pytest.raises(BadMessage):
+            app_id(body)
+        assert id_in(body) is None
+        assert label(json.dumps(body), _Stored("")) == "message svc-1"  # type: ignore[arg-type]
+    assert id_in({"id": 7, "order_id": "ORD-1"}) == ("order_id", "ORD-1")
+    assert label(json.dumps({"correlation_id": "c-1"}), _Stored("")) == "c-1"  # type: ignore[arg-type]
+
+
 def test_a_log_line_stays_one_line(capsys):
     logger("one-line-test").info("took a\nb")
     assert capsys.readouterr().out.count("\n") == 1
@@ -477,7 +495,7 @@ def test_a_failed_entra_sign_in_is_one_line(entra_env):
     failed = ClientAuthenticationError(
         message="DefaultAzureCredential failed to retrieve a token.\nAttempted credentials: ..."
     )
-    assert connect.explain(failed) == (
+    assert outage.explain(failed) == (
         "the queue service refused our credentials (DefaultAzureCredential failed to retrieve "
         "a token.); check your Entra ID sign-in (`az login`)",
         2,
@@ -691,7 +709,7 @@ def default_port() -> Iterator[int]:
 # moved to PORT (settings.AZURITE_PORT; everything else as in `python -m MODULE ARGS...`).
 MOVED = """
 import runpy, sys
-from patterns.helper import settings
+from patterns.helper.support import settings
 settings.AZURITE_PORT = int(sys.argv.pop(1))
 sys.argv[0] = sys.argv.pop(1)
 runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
@@ -791,6 +809,96 @@ def test_a_consumer_warns_when_the_service_hangs_and_carries_on_after(tmp_path, 
             consumer.kill()
 
 
+def test_a_receive_whose_answer_was_lost_excuses_one_delivery_of_what_was_queued_then():
+    """The service took a receive, then went away before answering: the messages it took come
+    back a delivery higher, unseen by us. With --max-attempts 1 they must not be poisoned for
+    it (a refused connection took nothing: nothing is excused for it)."""
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+
+    now = datetime.now(timezone.utc)
+    queued = SimpleNamespace(id="m", inserted_on=now - timedelta(seconds=5))
+    later = SimpleNamespace(id="n", inserted_on=now + timedelta(minutes=5))
+    refused = outage.Excused()
+    assert refused.failed_receive(ServiceRequestError("connection refused"))
+    assert refused.count(queued) == 0  # type: ignore[arg-type]
+    lost = outage.Excused()
+    assert lost.failed_receive(ServiceResponseError("connection aborted mid-answer"))
+    assert lost.count(queued) == 1  # type: ignore[arg-type]  # it may have been taken then
+    assert lost.count(later) == 0  # type: ignore[arg-type]  # sent since: it was not
+    lost.add(queued)  # type: ignore[arg-type]  # and a delivery an outage ended, as before
+    assert lost.count(queued) == 2  # type: ignore[arg-type]
+    outage.queue_service.over()  # the warning of the outage is not this test's concern
+    assert not lost.failed_receive(ValueError("not an outage"))
+
+
+def test_work_that_forgets_to_delete_its_message_is_said_and_released(monkeypatch, capsys):
+    """A `with inbox.settle(m)` block that ends without inbox.delete(m) is a bug in the script:
+    it must not pass silently (nor delete a message its work never said it finished)."""
+    from types import SimpleNamespace
+
+    from patterns.helper import consume
+
+    class FakeQueue:
+        queue_name = "forgot-q"
+
+        def __init__(self) -> None:
+            self.updates: list[int] = []
+            self.deleted: list[str] = []
+
+        def update_message(self, id: str, receipt: str, visibility_timeout: int, **_: object):
+            self.updates.append(visibility_timeout)
+
+        def delete_message(self, id: str, receipt: str) -> None:
+            self.deleted.append(id)
+
+    queue = FakeQueue()
+    inbox = consume.Inbox(queue)  # type: ignore[arg-type]  # given opened: nothing created
+    logger("test")
+    message = SimpleNamespace(id="m", pop_receipt="r", dequeue_count=1, content='{"id": "f-1"}')
+    inbox.lease.hold([message])  # type: ignore[list-item]
+    with inbox.settle(message):  # type: ignore[arg-type]
+        pass  # the work, without inbox.delete(message)
+    said = capsys.readouterr().out
+    assert "warning: the work on message m (id f-1) ended without deleting it" in said
+    assert "released message m (id f-1) back to 'forgot-q'" in said
+    assert queue.updates == [0] and queue.deleted == []  # visible again at once, not deleted
+    with inbox.settle(message):  # type: ignore[arg-type]
+        inbox.delete(message)  # type: ignore[arg-type]
+    assert queue.deleted == ["m"] and queue.updates == [0]  # deleted once, nothing more
+
+
+# --- the core and its support: small, one concern a file, queue calls in the scripts ----------
+
+HELPER = ROOT / "patterns" / "helper"
+CONSUMING = sorted(
+    path for path in (ROOT / "patterns").rglob("*.py") if ".settle(" in path.read_text()
+)
+
+
+def test_the_core_is_400_lines_and_each_support_file_names_its_concern():
+    core = sorted(HELPER.glob("*.py"))
+    assert sum(len(path.read_text().splitlines()) for path in core) <= 400
+    for path in (HELPER / "support").glob("*.py"):
+        first = path.read_text().splitlines()[0]
+        assert re.match(r'^"""[A-Z][^.]{8,}', first), f"{path.name}: {first}"
+
+
+def test_the_core_never_imports_the_cli():
+    code = "import sys, patterns.helper.consume; print('patterns.helper.cli' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.parametrize("script", CONSUMING, ids=lambda path: f"{path.parent.name}/{path.stem}")
+def test_every_consuming_script_deletes_by_name(script):
+    """The queue calls in plain sight: each message the script settles, it deletes by name."""
+    assert "inbox" in script.read_text()
+    assert re.search(r"\.delete\(message\)", script.read_text()), script
+
+
 def test_a_failed_attempt_survives_an_outage_while_its_backoff_is_set(monkeypatch, capsys):
     """update_message fails (service away): the consumer goes on, the message comes back after
     its visibility timeout as before; when it works, the wait doubles per attempt, capped."""
@@ -812,7 +920,7 @@ def test_a_failed_attempt_survives_an_outage_while_its_backoff_is_set(monkeypatc
 
     queue = FakeQueue()
     monkeypatch.setattr(connect, "open_queue", lambda name, log=None: queue)
-    inbox = consume.Inbox("backoff-q", logger("test"), retry_backoff=1, retry_backoff_max=5)
+    inbox = consume.Inbox("backoff-q", retry_backoff=1, retry_backoff_max=5)
     said = [
         inbox.retry_later(SimpleNamespace(id="m", pop_receipt="r", dequeue_count=n, content=""))
         for n in (1, 2, 3, 4)
@@ -824,7 +932,7 @@ def test_a_failed_attempt_survives_an_outage_while_its_backoff_is_set(monkeypatc
     assert inbox.retry_later(message) == (
         "next attempt after its visibility timeout (service unreachable)"
     )
-    connect.outage.over(logger("test"))  # the warning of the outage is not this test's concern
+    outage.queue_service.over()  # the warning of the outage is not this test's concern
 
 
 # --- the dequeue count is checked before the work, by every consumer --------------------------

@@ -14,6 +14,7 @@ from support import (
     log_seconds,
     message_count,
     peek_bodies,
+    queue_exists,
     run_script,
     send,
     wait_until,
@@ -23,6 +24,7 @@ PRODUCER = "patterns.pipes_and_filters.producer"
 VALIDATE = "patterns.pipes_and_filters.validate"
 ENRICH = "patterns.pipes_and_filters.enrich"
 FINALIZE = "patterns.pipes_and_filters.finalize"
+BARE = "patterns.pipes_and_filters.filter_bare"
 
 
 class Pipes(NamedTuple):
@@ -318,3 +320,32 @@ def test_the_pipeline_rides_out_an_emulator_restart_with_max_attempts_1(disk_azu
     codes = [proc.stop() for proc in procs]
     assert codes == [0, 0, 0], [p.text[-3000:] for p, c in zip(procs, codes, strict=True) if c]
     assert all("Traceback" not in proc.text for proc in procs)
+
+
+# --- the bare filter: the SDK alone -----------------------------------------------------------
+
+
+def test_the_bare_filter_forwards_each_order_then_deletes_it(start, env, service, qname):
+    q = pipes(qname)
+    ids = produce(env, q, "--count", "3")
+    bare = start(BARE, "--input", q.validate, "--output", q.enrich)
+    bare.wait_for(r"\] enriched ORD-", count=3)
+    assert bare.stop() == 0
+    assert "Traceback" not in bare.text
+    passed = [json.loads(body) for body in peek_bodies(service, q.enrich)]
+    assert sorted(order["order_id"] for order in passed) == sorted(ids)
+    assert all(datetime.fromisoformat(order["processed_at"]) for order in passed)
+    assert message_count(service, q.validate) == 0  # each deleted once it was passed on
+
+
+def test_the_bare_filter_keeps_an_order_it_could_not_forward(start, env, service, qname):
+    """The forward fails (the output pipe is gone): the order is not deleted from the input."""
+    q = pipes(qname)
+    bare = start(BARE, "--input", q.validate, "--output", q.enrich)
+    bare.wait_for("passing orders from")
+    service.delete_queue(q.enrich)
+    send(service, q.validate, {"order_id": "kept", "amount": 1, "items": ["a"]})
+    bare.wait_for(r"could not pass on message \S+: .*QueueNotFound")
+    assert bare.stop() == 0
+    assert message_count(service, q.validate) == 1  # still there, hidden: it comes back
+    assert not queue_exists(service, q.enrich)  # nothing was forwarded anywhere

@@ -1,4 +1,4 @@
-"""Tracing (issue 12): one trace per journey across the queues, and the journey renderer.
+"""Tracing: one trace per journey across the queues, and the journey renderer.
 
 Real Azurite, every script a subprocess with OTEL_TRACES_EXPORTER=jsonl writing to a file of
 the test's own; the spans in that file are what is asserted."""
@@ -16,7 +16,7 @@ from pathlib import Path
 from azure.storage.queue import QueueServiceClient
 from support import assert_refused, run_script, wait_until
 
-from patterns.helper import tracing
+from patterns.helper.support import tracing
 from patterns.tools import journey
 
 PRODUCER = "patterns.pipes_and_filters.producer"
@@ -38,7 +38,7 @@ def test_off_by_default_imports_no_opentelemetry(env, qname) -> None:
     quiet = {k: v for k, v in env.items() if not k.startswith("OTEL_")}
     result = run_script(PRODUCER, "--output", qname, env={**quiet, "PYTHONPROFILEIMPORTTIME": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "patterns.helper.tracing" in result.stderr  # the import log is there, and complete
+    assert "patterns.helper.support.tracing" in result.stderr  # the import log is complete
     assert "opentelemetry" not in result.stderr
     assert "traceparent" not in json.dumps(result.stdout)
     # the same run switched on does import it: the check above can fail

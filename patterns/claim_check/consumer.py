@@ -25,9 +25,10 @@ from argparse import Namespace
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import HttpResponseError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
 from patterns.helper import BadMessage, cli, codec, connect, consume
+from patterns.helper.support import blobs, outage  # this lesson's concern: blobs, and their outages
 
 # The biggest payload the producer sends (its --size limit). Memory is not what it guards (a
 # payload is read 4 MiB at a time and never held whole): it stops a forged claim check from
@@ -43,7 +44,7 @@ def declared_size(task: dict[str, Any]) -> int:
     return size
 
 
-def fetch(task: dict[str, Any], args: Namespace, log: logging.Logger) -> tuple[int, str, str]:
+def fetch(task: dict[str, Any], args: Namespace) -> tuple[int, str, str]:
     """(size, sha256, where from) of the payload: the blob the message refers to, read in
     chunks (never held whole), or the data inline in the message."""
     size = declared_size(task)
@@ -54,13 +55,13 @@ def fetch(task: dict[str, Any], args: Namespace, log: logging.Logger) -> tuple[i
             raise BadMessage("data is not base64") from None
         return len(data), hashlib.sha256(data).hexdigest(), "inline"
     # Trust: only the producer's container, only this queue's blobs; checked before any request.
-    container, name = connect.blob_in(task, args.container, f"{args.queue}/")
+    container, name = blobs.inside(task, args.container, f"{args.queue}/")
     where = f"{container}/{name}"
     if size > args.max_bytes:
         raise BadMessage(f"the message says {size} bytes, over --max-bytes {args.max_bytes}")
-    blob = connect.blob_service(log).get_blob_client(container, name)
+    blob = blobs.service().get_blob_client(container, name)
     digest, read = hashlib.sha256(), 0
-    with connect.blob_outage.watch(log):  # the blob service away: the message comes back
+    with outage.blob_service.watch():  # the blob service away: the message comes back
         try:
             real = blob.get_blob_properties()  # the size first: no download of a wrong one
             if real.size != size:
@@ -93,13 +94,13 @@ def delete_blob(task: dict[str, Any], log: logging.Logger) -> None:
     an orphan: nothing is lost, and status shows it, cleanup removes it."""
     where = f"{task['container']}/{task['blob']}"
     try:
-        with connect.blob_outage.watch(log):
-            connect.blob_service().get_blob_client(task["container"], task["blob"]).delete_blob()
+        with outage.blob_service.watch():
+            blobs.service().get_blob_client(task["container"], task["blob"]).delete_blob()
         log.info(f"deleted blob {where}")
     except ResourceNotFoundError:
         log.info(f"blob {where} was already gone")
-    except (HttpResponseError, *connect.UNREACHABLE) as error:
-        log.warning(f"could not delete blob {where} ({connect.in_short(error)}): an orphan now")
+    except connect.FAILED as error:
+        log.warning(f"could not delete blob {where} ({outage.in_short(error)}): an orphan now")
 
 
 def main() -> int:
@@ -116,29 +117,27 @@ def main() -> int:
     cli.add_consumer_arguments(parser, work_seconds=0.5)
     args = parser.parse_args()
     log = cli.logger("consumer")
-    connect.blob_service(log)  # settings without a blob service stop it here, not per message
+    blobs.service()  # settings without a blob service stop it here, not per message
     stop = cli.Shutdown()
     processed = 0
 
-    with consume.Inbox(args.queue, log, visibility_timeout=args.visibility_timeout,
-                       max_attempts=args.max_attempts, batch_size=args.batch_size,
-                       idle_max=args.idle_max, retry_backoff=args.retry_backoff,
-                       retry_backoff_max=args.retry_backoff_max) as inbox:  # fmt: skip
+    with consume.Inbox(args.queue, **cli.inbox_options(args)) as inbox:
         log.info(f"waiting for payloads on '{args.queue}'")
         while not stop.requested:
-            for message in inbox.batch(stop):  # one receive call; backs off when empty
-                task: dict[str, Any] = {}
-                with inbox.settle(message) as settled:  # delete on success; retry or poison
+            for message in inbox.receive(stop):  # one receive call; backs off when empty
+                with inbox.settle(message):  # fails: retried later or poisoned
                     task = codec.parse_json(message)
                     task_id = codec.app_id(task)
-                    size, sha256, where = fetch(task, args, log)
+                    size, sha256, where = fetch(task, args)
                     log.info(f"took {task_id} ({size} bytes {where})")
                     check(task, size, sha256)
                     stop.sleep(args.work_seconds)  # the rest of the work; Ctrl+C interrupts it
                     processed += 1
                     log.info(f"done {task_id} (size and sha256 as sent)")
-                if settled.deleted and "blob" in task:
-                    delete_blob(task, log)  # only now: no retry of the message will need it
+                    # The message first, then its blob: only once the message is gone will no
+                    # retry of it need the blob (a crash between the two leaves an orphan).
+                    if inbox.delete(message) and "blob" in task:
+                        delete_blob(task, log)
     log.info(f"stopped: processed {processed} payload(s)")
     return 0
 

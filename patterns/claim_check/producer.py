@@ -17,6 +17,7 @@ import os
 import uuid
 
 from patterns.helper import Fatal, cli, codec, connect
+from patterns.helper.support import blobs  # this lesson's concern
 
 # Why 32 KiB and not 64: an inline payload travels base64-encoded (3 bytes become 4) inside
 # JSON inside the request's XML, which escapes & < > too; 32 KiB of payload is ~43 KiB as
@@ -52,8 +53,8 @@ def main() -> int:
     )  # fmt: skip
     args = parser.parse_args()
     log = cli.logger("producer")
-    container = connect.blob_container(args.container, log)
-    queue = connect.open_queue(args.queue, log)
+    container = blobs.container(args.container)
+    queue = connect.open_queue(args.queue)
     run_id = uuid.uuid4().hex[:8]
 
     for n in range(1, args.count + 1):

@@ -17,6 +17,7 @@ from __future__ import annotations
 from azure.storage.queue import QueueMessage
 
 from patterns.helper import cli, codec, consume
+from patterns.helper.support import workers
 
 
 def main() -> int:
@@ -29,13 +30,10 @@ def main() -> int:
     stop = cli.Shutdown()
     done: list[str] = []  # appended to by every worker (list.append is thread-safe)
 
-    with consume.Inbox(args.queue, log, visibility_timeout=args.visibility_timeout,
-                       max_attempts=args.max_attempts, batch_size=args.batch_size,
-                       idle_max=args.idle_max, retry_backoff=args.retry_backoff,
-                       retry_backoff_max=args.retry_backoff_max) as inbox:  # fmt: skip
+    with consume.Inbox(args.queue, **cli.inbox_options(args)) as inbox:
 
         def work_on(message: QueueMessage) -> None:  # on a worker thread when --concurrency > 1
-            with inbox.settle(message):  # delete on success; retry or poison on failure
+            with inbox.settle(message):  # fails: retried later or poisoned; Ctrl+C: released
                 task = codec.parse_json(message)
                 task_id = codec.app_id(task)  # no usable id: a bad message, to poison
                 log.info(f"took {task_id} (attempt {message.dequeue_count})")
@@ -44,15 +42,16 @@ def main() -> int:
                 stop.sleep(args.work_seconds)  # the work; Ctrl+C interrupts it
                 done.append(task_id)
                 log.info(f"done {task_id}")
+                inbox.delete(message)  # after the work, never before
 
         at_once = f", {args.concurrency} at a time" if args.concurrency > 1 else ""
         log.info(f"waiting for tasks on '{args.queue}'{at_once}")
-        with consume.Workers(args.concurrency) as workers:  # leaving waits for work in progress
+        with workers.Workers(args.concurrency) as pool:  # leaving waits for work in progress
             while not stop.requested:
                 # One receive call for no more messages than there are free workers (waits
                 # for one if all are busy); backs off when the queue is empty.
-                for message in inbox.batch(stop, most=workers.free()):
-                    workers.submit(work_on, message)
+                for message in inbox.receive(stop, most=pool.free()):
+                    pool.submit(work_on, message)
     log.info(f"stopped: processed {len(done)} task(s)")
     return 0
 

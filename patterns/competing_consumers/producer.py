@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from patterns.helper import cli, connect
+from patterns.helper.support import workers
 
 
 def main() -> int:
@@ -34,7 +35,7 @@ def main() -> int:
     )  # fmt: skip
     args = parser.parse_args()
     log = cli.logger("producer")
-    queue = connect.open_queue(args.queue, log)
+    queue = connect.open_queue(args.queue)
 
     # Each task carries its own application id: the service's message id changes on every
     # copy or retry, ours does not, so consumers can report (and de-duplicate) by it.
@@ -52,7 +53,7 @@ def main() -> int:
         return task
 
     started = time.perf_counter()
-    for task in connect.concurrently(send, tasks(), args.concurrency):  # in order, as each ends
+    for task in workers.concurrently(send, tasks(), args.concurrency):  # in order, as each ends
         log.info(f"sent {task['id']}")
     seconds = time.perf_counter() - started
     rate = args.count / seconds if seconds else 0.0

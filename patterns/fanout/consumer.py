@@ -40,22 +40,19 @@ def main() -> int:
     seen: dict[str, None] = {}  # ids already processed, oldest first (bounded: --remember)
     processed = skipped = 0
 
-    # Creating the queue is what subscribes us.
-    with consume.Inbox(queue, log, visibility_timeout=args.visibility_timeout,
-                       max_attempts=args.max_attempts, batch_size=args.batch_size,
-                       idle_max=args.idle_max, retry_backoff=args.retry_backoff,
-                       retry_backoff_max=args.retry_backoff_max) as inbox:  # fmt: skip
+    with consume.Inbox(queue, **cli.inbox_options(args)) as inbox:  # creating it subscribes us
         log.info(f"subscribed: waiting for messages on '{queue}'")
         while not stop.requested:
-            for message in inbox.batch(stop):  # one receive call; backs off when empty
-                with inbox.settle(message):  # delete on success; retry or poison on failure
+            for message in inbox.receive(stop):  # one receive call; backs off when empty
+                with inbox.settle(message):  # fails: retried later or poisoned
                     body = codec.parse_json(message)
                     # No id, null, 7: a bad message (to poison), never a "duplicate" of another.
                     app_id = codec.app_id(body)
                     if app_id in seen:  # a second copy of something we already did
                         skipped += 1
                         log.info(f"skipped {app_id}: already processed (duplicate)")
-                        continue  # leaving the block deletes the duplicate
+                        inbox.delete(message)  # the copy is not worked on again: delete it
+                        continue
                     log.info(f"took {app_id}: {body.get('text')}")
                     stop.sleep(args.work_seconds)  # the work; Ctrl+C interrupts it
                     seen[app_id] = None
@@ -63,6 +60,7 @@ def main() -> int:
                         del seen[next(iter(seen))]  # forget the oldest id
                     processed += 1
                     log.info(f"done {app_id}")
+                    inbox.delete(message)  # after the work, never before
 
     if args.unsubscribe:
         connect.service().delete_queue(queue)

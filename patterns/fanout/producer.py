@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Callable
 from logging import Logger
 
-from azure.core.exceptions import HttpResponseError
 from azure.storage.queue import QueueClient
 
 from patterns.helper import cli, connect
@@ -44,7 +43,7 @@ def fan_out(
             try:
                 send(queue, message)
                 log.info(f"-> sent to '{queue.queue_name}'")
-            except (HttpResponseError, *connect.UNREACHABLE) as error:
+            except connect.FAILED as error:  # refused, or no answer: the next round tries again
                 log.warning(f"-> could not send to '{queue.queue_name}': {type(error).__name__}")
                 failed.append(queue)
         pending = failed
@@ -81,7 +80,7 @@ def main() -> int:
     )  # fmt: skip
     args = parser.parse_args()
     log = cli.logger("producer")
-    service = connect.service(log)
+    service = connect.service()
 
     # 1. Who subscribes? Either the fixed list (the hands-on's way: the producer must know every
     #    consumer), or every queue whose name starts with the prefix (a new subscriber only has
@@ -90,7 +89,7 @@ def main() -> int:
         names = [args.prefix + n.strip() for n in args.subscribers.split(",")]
         queues = [connect.queue_name(name, consumed=True) for name in names]  # all, then create
         for name in queues:
-            connect.open_queue(name, log)
+            connect.open_queue(name)
         log.info(f"subscribers (fixed list): {', '.join(queues)}")
     else:
         found = service.list_queues(name_starts_with=args.prefix)

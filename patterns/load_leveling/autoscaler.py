@@ -28,6 +28,7 @@ import time
 from collections import deque
 
 from patterns.helper import cli, connect
+from patterns.helper.support import outage  # riding out an outage is part of this lesson
 
 CONSUMER = "patterns.competing_consumers.consumer"
 STOP_TIMEOUT = 15  # seconds a consumer has to hand back its task and exit before it is killed
@@ -109,7 +110,7 @@ def main() -> int:
         parser.error(f"argument --min: expected at most --max ({args.max}), got {args.min}")
     log = cli.logger("autoscaler")
     stop = cli.Shutdown()
-    queue = connect.open_queue(args.queue, log)
+    queue = connect.open_queue(args.queue)
     consumer_args = ["--queue", args.queue, "--work-seconds", f"{args.work_seconds:g}"]
     consumers: list[subprocess.Popen[bytes]] = []  # oldest first
     backlog: deque[int] = deque(maxlen=20)
@@ -128,11 +129,11 @@ def main() -> int:
             except cli.Interrupted:
                 break
             except Exception as error:  # an outage: warned once; the pool goes on as it is
-                if not connect.outage.noticed(log, error):
+                if not outage.queue_service.warn_if_away(error):
                     raise
                 stop.wait(args.interval)
                 continue
-            connect.outage.over(log)
+            outage.queue_service.over()
             backlog.append(length)
             want = desired(length, args.target, args.min, args.max)
             running, now = len(consumers), time.monotonic()

@@ -14,6 +14,7 @@ import time
 import uuid
 
 from patterns.helper import cli, connect
+from patterns.helper.support import workers
 
 
 def main() -> int:
@@ -32,7 +33,7 @@ def main() -> int:
     args = parser.parse_args()
     log = cli.logger("producer")
     stop = cli.Shutdown()
-    queue = connect.open_queue(args.queue, log)
+    queue = connect.open_queue(args.queue)
     run_id = uuid.uuid4().hex[:8]  # our own ids, as in competing consumers
 
     def send(task: dict[str, object]) -> dict[str, object]:
@@ -44,7 +45,7 @@ def main() -> int:
             {"id": f"task-{burst}-{n:03d}-{run_id}", "n": n} for n in range(1, args.burst_size + 1)
         ]
         started = time.perf_counter()
-        for task in connect.concurrently(send, tasks, args.concurrency):
+        for task in workers.concurrently(send, tasks, args.concurrency):
             log.info(f"sent {task['id']}")
         seconds = time.perf_counter() - started
         log.info(f"burst {burst}: sent {len(tasks)} tasks to '{args.queue}' in {seconds:.2f} s")

@@ -23,25 +23,23 @@ def main() -> int:
     args = parser.parse_args()
     log = cli.logger("enrich")
     stop = cli.Shutdown()
-    output = connect.open_queue(args.output, log)
+    output = connect.open_queue(args.output)
     enriched = 0
 
-    with consume.Inbox(args.input, log, visibility_timeout=args.visibility_timeout,
-                       max_attempts=args.max_attempts, batch_size=args.batch_size,
-                       idle_max=args.idle_max, retry_backoff=args.retry_backoff,
-                       retry_backoff_max=args.retry_backoff_max) as inbox:  # fmt: skip
+    with consume.Inbox(args.input, **cli.inbox_options(args)) as inbox:
         log.info(f"enriching orders from '{args.input}'")
         while not stop.requested:
-            for message in inbox.batch(stop):  # one receive call; backs off when empty
-                with inbox.settle(message):  # forward inside the block, delete after it
+            for message in inbox.receive(stop):  # one receive call; backs off when empty
+                with inbox.settle(message):  # a failed forward: the order stays, comes back
                     order = codec.parse_json(message)
                     order_id = codec.app_id(order, "order_id")  # none or not a string: poison
                     log.info(f"took {order_id} (attempt {message.dequeue_count})")
                     stop.sleep(args.work_seconds)
                     order["processed_at"] = datetime.now(timezone.utc).isoformat()
-                    connect.send_json(output, order)
+                    connect.send_json(output, order)  # forward first ...
                     enriched += 1
                     log.info(f"enriched {order_id}, passed it to '{args.output}'")
+                    inbox.delete(message)  # ... then delete: a crash between is a duplicate
     log.info(f"stopped: enriched {enriched} order(s)")
     return 0
 

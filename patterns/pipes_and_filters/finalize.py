@@ -34,22 +34,20 @@ def main() -> int:
     stop = cli.Shutdown()
     finished: set[str] = set()  # order ids seen by this process: at-least-once means repeats
 
-    with consume.Inbox(args.input, log, visibility_timeout=args.visibility_timeout,
-                       max_attempts=args.max_attempts, batch_size=args.batch_size,
-                       idle_max=args.idle_max, retry_backoff=args.retry_backoff,
-                       retry_backoff_max=args.retry_backoff_max) as inbox:  # fmt: skip
+    with consume.Inbox(args.input, **cli.inbox_options(args)) as inbox:
         log.info(f"waiting for processed orders on '{args.input}'")
         while not stop.requested:
-            for message in inbox.batch(stop):  # one receive call; backs off when empty
-                with inbox.settle(message):
+            for message in inbox.receive(stop):  # one receive call; backs off when empty
+                with inbox.settle(message):  # fails: retried later or poisoned
                     order = codec.parse_json(message)
                     order_id = codec.app_id(order, "order_id")  # none or not a string: poison
                     if order_id in finished:
                         log.info(f"duplicate {order_id} ignored (already finished)")
-                        continue
-                    finished.add(order_id)
-                    took = seconds_since(order.get("sent_at"))
-                    log.info(f"finished {order_id} after {took}: {json.dumps(order)}")
+                    else:
+                        finished.add(order_id)
+                        took = seconds_since(order.get("sent_at"))
+                        log.info(f"finished {order_id} after {took}: {json.dumps(order)}")
+                    inbox.delete(message)  # finished, or a copy of one that was: delete it
     log.info(f"stopped: finished {len(finished)} order(s)")
     return 0
 

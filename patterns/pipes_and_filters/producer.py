@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from patterns.helper import cli, connect
+from patterns.helper.support import workers
 
 
 def main() -> int:
@@ -28,7 +29,7 @@ def main() -> int:
     cli.add_concurrency_argument(parser)
     args = parser.parse_args()
     log = cli.logger("producer")
-    pipe = connect.open_queue(args.output, log)
+    pipe = connect.open_queue(args.output)
 
     run_id = uuid.uuid4().hex[:8]  # order ids are unique across runs too
 
@@ -45,7 +46,7 @@ def main() -> int:
         return order
 
     sent = 0
-    for order in connect.concurrently(send, orders(), args.concurrency):
+    for order in workers.concurrently(send, orders(), args.concurrency):
         sent += 1
         log.info(f"sent {order['order_id']} (amount {order['amount']}) to '{args.output}'")
     log.info(f"sent {sent} order(s)")

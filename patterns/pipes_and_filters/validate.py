@@ -16,7 +16,8 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from patterns.helper import BadMessage, cli, codec, connect, consume, tracing
+from patterns.helper import BadMessage, cli, codec, connect, consume
+from patterns.helper.support import tracing
 
 
 def problems(order: dict[str, Any]) -> list[str]:
@@ -46,19 +47,16 @@ def main() -> int:
     args = parser.parse_args()
     log = cli.logger("validate")
     stop = cli.Shutdown()
-    output = connect.open_queue(args.output, log)
-    rejected = connect.open_queue(args.rejected, log)
+    output = connect.open_queue(args.output)
+    rejected = connect.open_queue(args.rejected)
     passed = failed = 0
 
-    with consume.Inbox(args.input, log, visibility_timeout=args.visibility_timeout,
-                       max_attempts=args.max_attempts, batch_size=args.batch_size,
-                       idle_max=args.idle_max, retry_backoff=args.retry_backoff,
-                       retry_backoff_max=args.retry_backoff_max) as inbox:  # fmt: skip
+    with consume.Inbox(args.input, **cli.inbox_options(args)) as inbox:
         log.info(f"validating orders from '{args.input}'")
         while not stop.requested:
-            for message in inbox.batch(stop):  # one receive call; backs off when empty
-                # Forward, then delete: settle() deletes the input message only after this
-                # block succeeded. If the forward fails, the order stays in the input queue.
+            for message in inbox.receive(stop):  # one receive call; backs off when empty
+                # Forward, then delete. If the forward fails, the order stays in the input
+                # queue and comes back (settle retries it later, or poisons it).
                 with inbox.settle(message):
                     order = codec.parse_json(message)  # not JSON: to the poison queue
                     log.info(f"took {order.get('order_id')} (attempt {message.dequeue_count})")
@@ -80,6 +78,7 @@ def main() -> int:
                         connect.send_json(output, order)
                         passed += 1
                         log.info(f"passed {order['order_id']} to '{args.output}'")
+                    inbox.delete(message)  # forwarded (or rejected): only now delete it
     log.info(f"stopped: passed {passed}, rejected {failed}")
     return 0
 

@@ -18,7 +18,6 @@ import contextlib
 from collections import Counter
 from datetime import datetime, timezone
 
-from azure.core.exceptions import HttpResponseError
 from azure.storage.queue import QueueMessage
 
 from patterns.helper import cli, codec, connect, consume
@@ -46,7 +45,7 @@ def next_waited(inbox: consume.Inbox) -> float:
     the receive that follows says so). A peek: it takes nothing and counts no delivery."""
     try:
         head = next(iter(inbox.queue.peek_messages(max_messages=1)), None)
-    except (HttpResponseError, *connect.UNREACHABLE):
+    except connect.FAILED:
         return 0.0
     return age(head) if head is not None else 0.0
 
@@ -80,11 +79,8 @@ def main() -> int:
     with contextlib.ExitStack() as inboxes:  # leaving it releases any task still in hand
         inbox: dict[str, consume.Inbox] = {}
         for level in args.levels:
-            inbox[level] = inboxes.enter_context(consume.Inbox(
-                f"{args.prefix}-{level}-priority", log,
-                visibility_timeout=args.visibility_timeout, max_attempts=args.max_attempts,
-                retry_backoff=args.retry_backoff, retry_backoff_max=args.retry_backoff_max,
-            ))  # fmt: skip
+            name = f"{args.prefix}-{level}-priority"
+            inbox[level] = inboxes.enter_context(consume.Inbox(name, **cli.inbox_options(args)))
         log.info(f"waiting for tasks; levels in order: {', '.join(args.levels)}")
         while not stop.requested:
             order = list(args.levels)
@@ -99,7 +95,7 @@ def main() -> int:
 
             # The lesson: the highest level first; a lower one only if all above it are empty.
             for level in order:
-                messages = inbox[level].receive(args.batch_size)  # one call, never a hot loop
+                messages = inbox[level].receive_batch(args.batch_size)  # one call, no waiting
                 if messages:
                     break
             else:
@@ -110,7 +106,7 @@ def main() -> int:
             for message in messages:
                 if stop.requested:
                     break
-                with inbox[level].settle(message):  # delete on success; retry or poison
+                with inbox[level].settle(message):  # fails: retried later or poisoned
                     task = codec.parse_json(message)
                     task_id = codec.app_id(task)  # no usable id: a bad message, to poison
                     waited = f" (waited {age(message):.0f} s)" if args.age_after else ""
@@ -118,6 +114,7 @@ def main() -> int:
                     stop.sleep(args.work_seconds)  # the work; Ctrl+C interrupts it
                     done[level] += 1
                     log.info(f"done {task_id}")
+                    inbox[level].delete(message)  # after the work, never before
             streak = streak + len(messages) if level == args.levels[0] else 0
             # ...and back to the top: the next task is again looked for at the highest level.
 

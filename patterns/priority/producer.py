@@ -43,7 +43,7 @@ def main() -> int:
         tasks += [("high", "URGENT: System alert!"), ("high", "URGENT: High value customer order!")]
         tasks += [("normal", f"Normal task {n}") for n in range(6, 11)]
 
-    queues = {level: connect.open_queue(name, log) for level, name in names.items()}
+    queues = {level: connect.open_queue(name) for level, name in names.items()}
     run_id = uuid.uuid4().hex[:8]
     for n, (level, text) in enumerate(tasks, start=1):
         task = {"id": f"task-{n:02d}-{run_id}", "priority": level, "text": text}

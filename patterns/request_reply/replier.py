@@ -25,7 +25,7 @@ def reply_address(request: dict[str, object]) -> str:
     reply_to = request.get("reply_to")
     if not isinstance(reply_to, str) or not reply_to:
         raise BadMessage("no reply_to: nowhere to send the answer")
-    valid_name = len(reply_to) <= 63 and connect.QUEUE_NAME.match(reply_to)
+    valid_name = len(reply_to) <= 63 and connect.NAME.match(reply_to)
     if not (reply_to.startswith(REPLY_PREFIX) and valid_name):
         raise BadMessage(
             f"refused reply_to {reply_to!r}: replies go only to queues named '{REPLY_PREFIX}...'"
@@ -52,14 +52,11 @@ def main() -> int:
     stop = cli.Shutdown()
     answered = 0
 
-    with consume.Inbox(args.queue, log, visibility_timeout=args.visibility_timeout,
-                       max_attempts=args.max_attempts, batch_size=args.batch_size,
-                       idle_max=args.idle_max, retry_backoff=args.retry_backoff,
-                       retry_backoff_max=args.retry_backoff_max) as inbox:  # fmt: skip
+    with consume.Inbox(args.queue, **cli.inbox_options(args)) as inbox:
         log.info(f"waiting for requests on '{args.queue}'")
         while not stop.requested:
-            for message in inbox.batch(stop):  # one receive call; backs off when empty
-                with inbox.settle(message):  # the request is deleted once it is answered
+            for message in inbox.receive(stop):  # one receive call; backs off when empty
+                with inbox.settle(message):  # fails: retried later or poisoned
                     request = codec.parse_json(message)
                     reply_to = reply_address(request)
                     reply = answer(request)
@@ -72,10 +69,11 @@ def main() -> int:
                             f"reply queue '{reply_to}' no longer exists (its requestor gave up); "
                             f"reply to {reply['correlation_id']} dropped"
                         )
-                        continue
-                    answered += 1
-                    outcome = reply["result"] if "result" in reply else f"error: {reply['error']}"
-                    log.info(f"answered {reply['correlation_id']} on '{reply_to}': {outcome!r}")
+                    else:
+                        answered += 1
+                        outcome = reply.get("result", f"error: {reply.get('error')}")
+                        log.info(f"answered {reply['correlation_id']} on '{reply_to}': {outcome!r}")
+                    inbox.delete(message)  # replied (or no one waits any more): delete it
     log.info(f"stopped: answered {answered} request(s)")
     return 0
 

@@ -18,9 +18,10 @@ import math
 import time
 import uuid
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 
 from patterns.helper import BadMessage, cli, codec, connect, consume
+from patterns.helper.support import workers
 
 
 def main() -> int:
@@ -36,12 +37,12 @@ def main() -> int:
     args = parser.parse_args()
     log = cli.logger("requestor")
     stop = cli.Shutdown()
-    requests = connect.open_queue(args.queue, log)
+    requests = connect.open_queue(args.queue)
 
     reply_queue = f"reply-{uuid.uuid4()}"  # ours alone: no one else's replies land in it
     # A reply is deleted the moment it arrives; a short visibility timeout means one whose
     # receive was lost (say, in an outage) is back in seconds, not after the default 30 s.
-    replies = consume.Inbox(reply_queue, log, visibility_timeout=5)
+    replies = consume.Inbox(connect.open_queue(reply_queue), visibility_timeout=5)
     try:
         pending: dict[str, tuple[int, float]] = {}  # correlation id -> (request number, sent)
         ttl = max(1, math.ceil(args.timeout))  # an unanswered request expires with our wait
@@ -59,7 +60,7 @@ def main() -> int:
 
         # Made one by one as there is room to send; Ctrl+C stops the sending too.
         numbers = itertools.takewhile(lambda n: not stop.requested, range(1, args.count + 1))
-        sending = connect.concurrently(send, numbers, args.concurrency)
+        sending = workers.concurrently(send, numbers, args.concurrency)
         for n, correlation_id in enumerate(sending, 1):
             log.info(f"sent request {n} ({correlation_id}): {payload(n)!r}")
         asked = len(pending)  # all of them, unless Ctrl+C stopped the sending
@@ -68,13 +69,13 @@ def main() -> int:
         idle = consume.Backoff(initial=0.02, maximum=0.1)  # short polls: someone is waiting
         errors = strays = 0
         while pending and not stop.requested and time.monotonic() - started < args.timeout:
-            messages = replies.receive(connect.MAX_BATCH)
+            messages = replies.receive_batch(connect.MAX_BATCH)  # one call; [] in an outage
             if not messages:
                 idle.wait(stop)
                 continue
             idle.reset()
             for message in messages:
-                replies.delete(message)
+                replies.delete(message)  # taken: the reply is ours, whatever it says
                 try:
                     reply = codec.parse_json(message)
                 except BadMessage:
@@ -112,7 +113,7 @@ def main() -> int:
             log.info(f"deleted reply queue '{reply_queue}'")
         except ResourceNotFoundError:
             pass
-        except (HttpResponseError, *connect.UNREACHABLE) as error:  # say how to remove it
+        except connect.FAILED as error:  # say how to remove it
             why = "service unreachable" if isinstance(error, connect.UNREACHABLE) else error.reason
             log.warning(
                 f"could not delete reply queue '{reply_queue}' ({why}); it is left over: "

@@ -13,7 +13,6 @@ upload and its send right now). Otherwise it is `unknown`: nothing is said that 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -22,11 +21,11 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
-from patterns.helper import codec, connect
-from patterns.helper.consume import POISON_RECORDS_CONTAINER
+from patterns.helper import connect
+from patterns.helper.support import encoding, poison
 
 PAYLOADS_CONTAINER = "claim-check-payloads"  # the claim-check producer's default --container
-CONTAINERS = (PAYLOADS_CONTAINER, POISON_RECORDS_CONTAINER)
+CONTAINERS = (PAYLOADS_CONTAINER, poison.CONTAINER)
 ORPHAN_AGE = 60  # seconds
 
 
@@ -53,10 +52,7 @@ def references(body: Any) -> set[str]:
     body kept in a blob, or either of them inside a poison record's body."""
     found: set[str] = set()
     if isinstance(body, str):
-        try:
-            body = json.loads(codec.readable(body)[0])  # Base64 too (Azure Functions mode)
-        except (ValueError, RecursionError):
-            return found
+        body = encoding.json_of(body)  # Base64 too (Azure Functions mode)
     if not isinstance(body, dict):
         return found
     for where in (body, body.get("body_blob")):

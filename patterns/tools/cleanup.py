@@ -18,10 +18,12 @@ import logging
 import sys
 from collections.abc import Callable
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueServiceClient
 
 from patterns.helper import Fatal, cli, connect
+from patterns.helper.support.blobs import service as blob_service
+from patterns.helper.support.outage import in_short
 from patterns.tools import blobs
 from patterns.tools.queues import LESSONS, classify, sort_key
 
@@ -51,7 +53,7 @@ def main() -> int:
     )  # fmt: skip
     args = parser.parse_args()
     log = cli.logger("cleanup")
-    svc = connect.service(log)
+    svc = connect.service()
 
     def ours(name: str) -> bool:  # a tutorial queue (of --lesson, when given)
         found = classify(name, args.prefix)
@@ -115,11 +117,11 @@ def _blobs(
     """The tutorial's blobs; none when no blob service is configured (a queue-only SAS) or it
     cannot be listed (said in one line: the queues are cleaned up all the same)."""
     try:
-        return blobs.tutorial_blobs(connect.blob_service(), svc, prefix, orphan_age)
+        return blobs.tutorial_blobs(blob_service(), svc, prefix, orphan_age)
     except Fatal:
         return []
-    except (HttpResponseError, *connect.UNREACHABLE) as error:
-        log.warning(f"the blobs could not be listed ({connect.in_short(error)}); left as they are")
+    except connect.FAILED as error:
+        log.warning(f"the blobs could not be listed ({in_short(error)}); left as they are")
         return []
 
 
@@ -127,7 +129,7 @@ def _delete_blobs(found: list[blobs.Blob], log: logging.Logger) -> int:
     deleted = 0
     for blob in found:
         try:
-            connect.blob_service().get_blob_client(blob.container, blob.name).delete_blob()
+            blob_service().get_blob_client(blob.container, blob.name).delete_blob()
             deleted += 1
             log.info(f"deleted blob {blob.path}")
         except ResourceNotFoundError:

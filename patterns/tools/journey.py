@@ -5,9 +5,9 @@
     python -m patterns.tools.journey --id ORD-1a2b3c4d-001    # one order's journey
     python -m patterns.tools.journey --slowest 3 --mermaid    # as sequence diagrams for GitHub
 
-Reads the spans the scripts wrote with tracing on (see patterns/helper/tracing.py). One journey
-per trace; one row per hop: the producer's send, then each consumer's receive -> work ->
-settle, with the time the message waited in the queue before it and the time it was worked on
+Reads the spans the scripts wrote with tracing on (patterns/helper/support/tracing.py). One
+journey per trace; one row per hop: the producer's send, then each consumer's receive -> work
+-> settle, with the time the message waited in the queue before it and the time it was worked on
 ('#'), on one time axis. Of the wait, '.' is the part when its consumer was asleep between
 polls of an empty queue (the cost of polling after idle) and '-' the part it waited behind
 other messages while the consumer was busy (the cost of too few consumers). Poison, retries and
@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from patterns.helper import Fatal, cli, tracing
+from patterns.helper import Fatal, cli
+from patterns.helper.support import tracing
+from patterns.helper.support.lines import printable
 
 WIDTH = 40  # characters of the time axis
 
@@ -133,19 +135,19 @@ def journeys(spans: list[dict[str, Any]]) -> list[Journey]:
         app_id = ""
         for span in sorted(members, key=lambda s: s["start_ns"]):
             attributes = span.get("attributes", {})
-            app_id = app_id or cli.printable(attributes.get("app.id", ""))
-            queue = cli.printable(attributes.get("messaging.destination.name", "?"))
+            app_id = app_id or printable(attributes.get("app.id", ""))
+            queue = printable(attributes.get("messaging.destination.name", "?"))
             parent = by_id.get(span.get("parent_id") or "")
             if span.get("kind") == "producer" and parent and parent.get("kind") == "consumer":
                 continue  # a forward or reply: drawn as part of its consumer's work
             hop = Hop(
-                role=cli.printable(span.get("service") or "?"),
+                role=printable(span.get("service") or "?"),
                 action="process" if span.get("kind") == "consumer" else "send",
                 queue=queue,
                 queued=span["start_ns"],
                 start=span["start_ns"],
                 end=span["end_ns"],
-                outcome=cli.printable(attributes.get("outcome", "")),
+                outcome=printable(attributes.get("outcome", "")),
             )
             if "queue.wait_ms" in attributes:
                 hop.queued = span["start_ns"] - round(attributes["queue.wait_ms"] * 1e6)
@@ -153,15 +155,15 @@ def journeys(spans: list[dict[str, Any]]) -> list[Journey]:
             for event in span.get("events", []):
                 reason = event.get("attributes", {}).get("reason")
                 note = f"{event['name']}: {reason}" if reason else event["name"]
-                hop.notes.append(cli.printable(note))
+                hop.notes.append(printable(note))
             for child in members:
                 if child.get("parent_id") == span["span_id"] and child.get("kind") == "producer":
                     child_queue = child.get("attributes", {}).get("messaging.destination.name")
-                    hop.sends.append((child["start_ns"], cli.printable(child_queue or "?")))
+                    hop.sends.append((child["start_ns"], printable(child_queue or "?")))
             hops.append(hop)
         if hops:
             hops.sort(key=lambda hop: hop.start)
-            found.append(Journey(cli.printable(trace_id), app_id, hops))
+            found.append(Journey(printable(trace_id), app_id, hops))
     return sorted(found, key=lambda journey: journey.begin)
 
 
@@ -207,7 +209,7 @@ def mermaid(journey: Journey) -> str:
 
     def plain(text: str) -> str:  # without the characters Mermaid reads as syntax (line
         # breaks are escaped already: no text from the file can add a line to the diagram)
-        return cli.printable(text).replace(";", ",").replace("#", "")
+        return printable(text).replace(";", ",").replace("#", "")
 
     begin, app_id = journey.begin, plain(journey.app_id)
     events: list[tuple[int, int, str]] = []  # (time, order, line)

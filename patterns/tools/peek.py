@@ -11,14 +11,15 @@ Azure Functions queue trigger expects) is shown decoded, and the header says so.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueMessage
 
-from patterns.helper import Fatal, cli, codec, connect
+from patterns.helper import Fatal, cli, connect
+from patterns.helper.support import encoding, flags
+from patterns.helper.support.lines import printable
 
 
 def pretty(text: str) -> str:
@@ -26,19 +27,19 @@ def pretty(text: str) -> str:
     Control characters are escaped either way: a message cannot clear or add to the screen."""
     try:
         body: Any = json.loads(text)
-        if isinstance(body, dict) and isinstance(body.get("body"), str) and "source_queue" in body:
-            with contextlib.suppress(ValueError, RecursionError):  # show the original readably
-                body = {**body, "body": json.loads(codec.readable(body["body"])[0])}
+        record = isinstance(body, dict) and "source_queue" in body
+        if record and (inner := encoding.json_of(body.get("body") or "")) is not None:
+            body = {**body, "body": inner}  # a poison record: its original body, readably
         shown = json.dumps(body, indent=2, ensure_ascii=False)
     except (ValueError, RecursionError):  # not JSON, or too deep or big a number for Python
-        return cli.printable(text)
-    return "\n".join(cli.printable(line) for line in shown.split("\n"))
+        return printable(text)
+    return "\n".join(printable(line) for line in shown.split("\n"))
 
 
 def describe(n: int, message: QueueMessage) -> str:
     inserted = message.inserted_on.isoformat(timespec="seconds") if message.inserted_on else "?"
     expires = message.expires_on.isoformat(timespec="seconds") if message.expires_on else "?"
-    text, was_base64 = codec.readable(message.content or "")
+    text, was_base64 = encoding.readable(message.content or "")
     head = (
         f"--- {n}: message {message.id}  dequeue count {message.dequeue_count}  "
         f"inserted {inserted}  expires {expires}"
@@ -49,14 +50,14 @@ def describe(n: int, message: QueueMessage) -> str:
 
 def main() -> int:
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("queue", type=cli.any_queue, help="queue to look into")
+    parser.add_argument("queue", type=flags.any_queue, help="queue to look into")
     parser.add_argument(
         "-n", "--count", type=cli.whole_number(least=1, most=connect.MAX_BATCH), default=1,
         metavar="N", help="how many messages to show",
     )  # fmt: skip
     args = parser.parse_args()
-    log = cli.logger("peek")
-    queue = connect.service(log).get_queue_client(args.queue)  # not open_queue: create nothing
+    cli.logger("peek")  # where the settings came from, if not the obvious place
+    queue = connect.service().get_queue_client(args.queue)  # not open_queue: create nothing
     try:
         total = queue.get_queue_properties().approximate_message_count
         messages = list(queue.peek_messages(max_messages=args.count))

@@ -27,6 +27,9 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.queue import QueueServiceClient
 
 from patterns.helper import Fatal, cli, connect
+from patterns.helper.support import outage
+from patterns.helper.support.blobs import service as blob_service
+from patterns.helper.support.lines import printable
 from patterns.tools import blobs
 from patterns.tools.queues import classify, is_poison, sort_key, source_queue
 
@@ -124,8 +127,8 @@ def blob_lines(svc: QueueServiceClient, prefix: str, orphan_age: float) -> str:
     """A line per blob container in use (count, bytes, orphans), a line per orphan; "" when
     there are none, or no blob service is configured (e.g. a queue-only SAS)."""
     try:
-        found = blobs.tutorial_blobs(connect.blob_service(), svc, prefix, orphan_age)
-    except (Fatal, HttpResponseError, *connect.UNREACHABLE):
+        found = blobs.tutorial_blobs(blob_service(), svc, prefix, orphan_age)
+    except (Fatal, *connect.FAILED):
         return ""
     out = []
     for container in blobs.CONTAINERS:
@@ -137,9 +140,8 @@ def blob_lines(svc: QueueServiceClient, prefix: str, orphan_age: float) -> str:
                 f"blobs in {container}: {len(mine)} ({sum(b.size for b in mine)} bytes), "
                 f"{len(orphans)} orphan(s)" + (f", {unknown} not sure" if unknown else "")
             )
-            out += [  # a blob name is anyone's text: escaped (cli.printable)
-                f"  orphan: {cli.printable(b.name)}  {b.size} bytes, {b.age:.0f} s old"
-                for b in orphans
+            out += [  # a blob name is anyone's text: escaped
+                f"  orphan: {printable(b.name)}  {b.size} bytes, {b.age:.0f} s old" for b in orphans
             ]
     if out:
         out.append(
@@ -170,11 +172,11 @@ def main() -> int:
         metavar="SECONDS", help="a blob no message refers to is an orphan once this old",
     )  # fmt: skip
     args = parser.parse_args()
-    log = cli.logger("status")
+    cli.logger("status")  # where the settings came from, if not the obvious place
     # A failing peek is shown as '?'; the SDK would also print its multi-line traceback.
     logging.getLogger("azure.storage.queue").setLevel(logging.ERROR)
-    svc = connect.service(log)
-    endpoint = connect.endpoint()  # without a SAS token
+    svc = connect.service()
+    endpoint = outage.endpoint()  # without a SAS token
     found = rows(counts(svc, args.prefix), args.prefix)
     print(
         render(found, endpoint, args.prefix) + blob_lines(svc, args.prefix, args.orphan_age), end=""
@@ -190,9 +192,9 @@ def main() -> int:
         try:
             frame = render(rows(counts(svc, args.prefix), args.prefix), endpoint, args.prefix)
             frame += blob_lines(svc, args.prefix, args.orphan_age)
-        except (*connect.UNREACHABLE, HttpResponseError) as error:
+        except connect.FAILED as error:
             if isinstance(error, connect.UNREACHABLE):
-                reason = connect.unreachable_message()
+                reason = outage.unreachable_message(error)
             else:
                 reason = str(error).splitlines()[0]
             frame = f"{datetime.now():%H:%M:%S}  {reason}; trying again\n"

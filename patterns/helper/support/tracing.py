@@ -1,4 +1,4 @@
-"""Tracing a message's journey across the queues with OpenTelemetry (optional, off by default).
+"""OpenTelemetry tracing of a message's journey across the queues (optional, off by default).
 
 Switched on by one environment variable, OpenTelemetry's own:
 
@@ -39,7 +39,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from patterns.helper import codec, settings
+from patterns.helper.support import encoding, settings
+from patterns.helper.support.lines import id_in
 
 EXPORTER_VAR = "OTEL_TRACES_EXPORTER"
 FILE_VAR = "OTEL_TRACES_FILE"  # ours: where the jsonl exporter writes
@@ -49,7 +50,6 @@ EXPORTERS = ("jsonl", "otlp", "console")
 # added to every exit when no collector listened); OTEL_EXPORTER_OTLP_TIMEOUT overrides it.
 OTLP_TIMEOUT = 1.0
 OTLP_PAUSE = 5.0  # after a failed export, batches are dropped unsent for this long
-ID_KEYS = ("id", "order_id", "correlation_id")  # the application ids our messages carry
 
 
 def exporter_name(environ: Mapping[str, str] = os.environ) -> str | None:
@@ -75,18 +75,15 @@ def otlp_endpoint(environ: Mapping[str, str] = os.environ) -> str:
 ENABLED = exporter_name() is not None
 _tracer: Any = None  # made at start (or on first use), so that an unused switch imports nothing
 _lock = threading.Lock()  # the producer's send threads all ask for it at once
-_log = logging.getLogger("patterns.tracing")  # the script's own logger, once start() has it
+_log = logging.getLogger("patterns")
 _warned = False  # a span that cannot be written or sent is warned about once per process
 
 
-def start(log: logging.Logger | None = None) -> None:
+def start() -> None:
     """Check the tracing settings before the script sends a request: what cannot work is a
     Fatal, said in one line (exit 2). When tracing is on, say where spans go."""
-    global _log
     if not ENABLED:
         return
-    if log is not None:
-        _log = log
     with _lock:
         if _tracer is not None:
             return  # already started: said once
@@ -271,13 +268,6 @@ def span_record(span: Any) -> dict[str, Any]:
     }
 
 
-def _app_id(body: Mapping[str, Any]) -> str | None:
-    for key in ID_KEYS:
-        if isinstance(body.get(key), str):
-            return body[key]
-    return None
-
-
 # --- the hooks the helper calls; each one does nothing when tracing is off ------------------
 
 
@@ -294,8 +284,8 @@ def _sending(queue: str, body: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]
     from opentelemetry import propagate, trace
 
     attributes = {"messaging.system": "azure_queue_storage", "messaging.destination.name": queue}
-    if (app_id := _app_id(body)) is not None:
-        attributes["app.id"] = app_id
+    if found := id_in(body):
+        attributes["app.id"] = found[1]
     kind = trace.SpanKind.PRODUCER
     with tracer.start_as_current_span(f"send {queue}", kind=kind, attributes=attributes):
         carrier: dict[str, str] = {}
@@ -332,12 +322,9 @@ def begin(message: Any, queue: str) -> Any:
     tracer = _get_tracer()
     from opentelemetry import propagate, trace
 
-    body: dict[str, Any] = {}
-    try:  # never fail a message over its trace context: without one it starts a new trace
-        parsed = json.loads(codec.readable(message.content or "")[0])  # Base64 too
-        body = parsed if isinstance(parsed, dict) else {}
-    except (ValueError, RecursionError):
-        pass
+    # Never fail a message over its trace context: without one it starts a new trace.
+    parsed = encoding.json_of(message.content or "")
+    body: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
     carrier = (
         {"traceparent": body["traceparent"]} if isinstance(body.get("traceparent"), str) else {}
     )
@@ -348,8 +335,8 @@ def begin(message: Any, queue: str) -> Any:
         "messaging.message.id": message.id,
         "messaging.azure.dequeue_count": message.dequeue_count,
     }
-    if (app_id := _app_id(body)) is not None:
-        attributes["app.id"] = app_id
+    if found := id_in(body):
+        attributes["app.id"] = found[1]
     try:
         queued = datetime.fromisoformat(str(body.get("queued_at")))
         attributes["queue.wait_ms"] = round(max(0.0, start / 1e6 - queued.timestamp() * 1e3), 3)

@@ -1,19 +1,21 @@
 """Where the connection comes from: the environment, then `.env`, then the local Azurite.
 
-Also what is wrong with a connection string, in words that quote none of its values, and
-redaction for anything that must be printed; and how message text is encoded (plain text, or
-Base64 for Azure Functions). No SDK call is made here.
+The one place a setting is looked up (`lookup`), a connection string is checked (what is wrong
+with it, in words that quote none of its values) and a client is made from it (`client`); and
+redaction for anything that must be printed.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import logging
 import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from dotenv import find_dotenv
@@ -24,7 +26,6 @@ from patterns.helper import Fatal
 CONNECTION_STRING_VAR = "AZURE_STORAGE_CONNECTION_STRING"
 ACCOUNT_URL_VAR = "AZURE_STORAGE_ACCOUNT_URL"  # Entra ID sign-in (optional extra `entra`)
 MESSAGE_ENCODING_VAR = "AZURE_QUEUE_MESSAGE_ENCODING"  # text (default) or base64 (Functions)
-MESSAGE_ENCODINGS = ("text", "base64")
 AZURITE_PORT = 10001
 AZURITE_BLOB_PORT = 10000  # Azurite's usual blob port, beside the queue's (claim-check)
 # Azurite's well-known development account: public, documented, not a secret.
@@ -32,6 +33,7 @@ AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
+log = logging.getLogger("patterns")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,23 @@ def azurite_connection_string(
     )
 
 
+def places(
+    environ: Mapping[str, str] | None = None,
+    dotenv_file: str | Path | None = None,
+    notes: list[str] | None = None,
+) -> Iterator[tuple[str, Mapping[str, str]]]:
+    """Where a setting is looked up, in order: ("environment", its variables), then (the .env
+    path, its variables), `.env` searched from the current directory up and read only if the
+    environment did not have the setting. Unreadable .env lines are added to `notes`."""
+    yield "environment", os.environ if environ is None else environ
+    path = str(dotenv_file) if dotenv_file is not None else find_dotenv(usecwd=True)
+    if path and Path(path).is_file():
+        values, unreadable = read_dotenv(path)
+        if notes is not None:
+            notes.extend(unreadable)
+        yield path, values
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, dotenv_file: str | Path | None = None
 ) -> Settings:
@@ -71,16 +90,7 @@ def load_settings(
     AZURE_STORAGE_ACCOUNT_URL (Entra ID sign-in). An empty variable or an unreadable `.env`
     line is skipped with a note, so that the learner hears why the next place was used."""
     notes: list[str] = []
-
-    def places() -> Iterator[tuple[str, Mapping[str, str]]]:
-        yield "environment", os.environ if environ is None else environ
-        path = str(dotenv_file) if dotenv_file is not None else find_dotenv(usecwd=True)
-        if path and Path(path).is_file():  # read only when the environment had nothing
-            values, unreadable = read_dotenv(path)
-            notes.extend(unreadable)
-            yield path, values
-
-    for source, values in places():
+    for source, values in places(environ, dotenv_file, notes):
         for name in (CONNECTION_STRING_VAR, ACCOUNT_URL_VAR):
             if name in values and not (values[name] or "").strip():
                 notes.append(f"{name} is set but empty in {_where(source)}: ignored")
@@ -91,27 +101,15 @@ def load_settings(
     return Settings(azurite_connection_string(), "default", notes=tuple(notes))
 
 
-def message_encoding(
-    environ: Mapping[str, str] | None = None, dotenv_file: str | Path | None = None
-) -> str:
-    """How message text is written and read: "text" (the default: JSON as it is) or "base64"
-    (what an Azure Functions queue trigger expects by default). The environment wins, then
-    `.env`; any other value is a Fatal, said in one line."""
-    places: list[tuple[str, Mapping[str, str]]] = [
-        ("environment", os.environ if environ is None else environ)
-    ]
-    path = str(dotenv_file) if dotenv_file is not None else find_dotenv(usecwd=True)
-    if path and Path(path).is_file():
-        places.append((path, read_dotenv(path)[0]))
-    for source, values in places:
-        if value := (values.get(MESSAGE_ENCODING_VAR) or "").strip():
-            if value.lower() in MESSAGE_ENCODINGS:
-                return value.lower()
-            raise Fatal(
-                f"{MESSAGE_ENCODING_VAR} in {_where(source)} is {value[:30]!r}: use text (the "
-                "default) or base64 (what an Azure Functions queue trigger expects)"
-            )
-    return "text"
+def lookup(
+    name: str, environ: Mapping[str, str] | None = None, dotenv_file: str | Path | None = None
+) -> tuple[str, str] | None:
+    """(value, where it was found) of a setting other than the connection's (e.g.
+    AZURE_QUEUE_MESSAGE_ENCODING), by the same rule: the environment wins, then `.env`."""
+    for source, values in places(environ, dotenv_file):
+        if value := (values.get(name) or "").strip():
+            return value, _where(source)
+    return None
 
 
 def read_dotenv(path: str | Path) -> tuple[dict[str, str], list[str]]:
@@ -132,6 +130,87 @@ def read_dotenv(path: str | Path) -> tuple[dict[str, str], list[str]]:
         elif binding.key is not None:
             values[binding.key] = binding.value or ""
     return values, notes
+
+
+# --- the client -------------------------------------------------------------------------------
+
+
+def client(
+    kind: type[Any], options: dict[str, Any], service: str = "queue", credential: Any = None
+) -> Any:
+    """A `kind` client (QueueServiceClient, BlobServiceClient, ...) from the settings, with
+    `options` (support/retries.py). The queue client, made first, says where the settings came
+    from when it is not the obvious place; a connection string that does not parse is refused
+    without ever echoing it. Another service's client signs in the same way, at the same
+    account: its endpoint in the connection string, or the account URL's `.queue.` made
+    `.<service>.`."""
+    config = load_settings()
+    if service == "queue":
+        for note in config.notes:
+            log.warning(note)
+        if config.source == "default":
+            missing = "has no usable value" if config.notes else "is not set"
+            log.info(
+                f"{CONNECTION_STRING_VAR} {missing}: using the local Azurite at "
+                f"127.0.0.1:{AZURITE_PORT}"
+            )
+    if config.account_url:
+        url = config.account_url.replace(".queue.", f".{service}.", 1)
+        if url == config.account_url and service != "queue":
+            raise Fatal(
+                f"{ACCOUNT_URL_VAR} has no '.queue.' to make the {service} service's address "
+                "from (https://<account>.queue.core.windows.net)"
+            )
+        return kind(url, credential=credential or _credential(config.account_url), **options)
+    _check_connection_string(config, service)
+    try:
+        return kind.from_connection_string(config.connection_string, **options)
+    except ValueError as error:  # what the check missed; the SDK quotes no values
+        raise Fatal(f"{_not_valid(config)}: {error}") from None
+
+
+def _check_connection_string(config: Settings, service: str) -> None:
+    problems = connection_string_problems(config.connection_string)
+    if problems:
+        raise Fatal(
+            f"{_not_valid(config)}: {'; '.join(problems)}. It should look like "
+            f"{CONNECTION_STRING_SHAPE} (Portal: your storage account > Access keys > "
+            "Connection string)"
+        )
+    names = {part.split("=", 1)[0].strip().lower() for part in config.connection_string.split(";")}
+    endpoint = f"{service.capitalize()}Endpoint"
+    if "queueendpoint" in names and endpoint.lower() not in names:
+        raise Fatal(
+            f"{CONNECTION_STRING_VAR} names a QueueEndpoint but no {endpoint}: this lesson "
+            f"needs the {service} service too (`make emulator` prints a connection string "
+            "with both)"
+        )
+
+
+def _not_valid(config: Settings) -> str:
+    return f"{CONNECTION_STRING_VAR} in {config.where} is not a valid connection string"
+
+
+def _credential(account_url: str) -> Any:
+    """Microsoft Entra ID (DefaultAzureCredential: `az login`, environment variables, managed
+    identity...) instead of an account key."""
+    try:
+        from azure.identity import DefaultAzureCredential
+    except ImportError:
+        raise Fatal(
+            f"{ACCOUNT_URL_VAR} is set (Entra ID sign-in) but azure-identity is not "
+            f"installed: run `pip install -e '.[entra]'`, or set {CONNECTION_STRING_VAR} "
+            "instead"
+        ) from None
+    problem = endpoint_problem(account_url)
+    if problem or not re.match(r"^https://[^/?#]+/?$", account_url):
+        raise Fatal(  # without the value: it may be a key pasted in the wrong place
+            f"{ACCOUNT_URL_VAR} must look like https://<account>.queue.core.windows.net"
+            + (f"; it {problem}" if problem and account_url.startswith("https://") else "")
+        )
+    logging.getLogger("azure.identity").setLevel(logging.ERROR)  # no multi-line token chatter
+    log.info(f"signing in to {account_url} with Microsoft Entra ID")
+    return DefaultAzureCredential()
 
 
 # The parts a storage connection string may have (Azure Storage documents these names).
