@@ -11,17 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
-from walkthrough import ROOT, Piped, Walk, expected_lines, match, normal, pages, steps
+from walkthrough import ROOT, Piped, Walk, Warm, expected_lines, match, normal, pages, steps
 
 from patterns.emulator import Azurite
-from patterns.helper.settings import CONNECTION_STRING_VAR, MESSAGE_ENCODING_VAR
+from patterns.helper.support.settings import CONNECTION_STRING_VAR, MESSAGE_ENCODING_VAR
 
 
 def test_the_lesson_pages_in_order_on_one_emulator(tmp_path: Path, figures) -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     with Azurite(log_path=tmp_path / "azurite.log") as azurite:
         base |= {CONNECTION_STRING_VAR: azurite.connection_string, MESSAGE_ENCODING_VAR: "text"}
-        walk = Walk(lambda name: Piped(name, base, tmp_path), fast=True, expect_timeout=30)
+        warm = Warm(base)
+        walk = Walk(lambda name: Piped(name, base, tmp_path, warm), fast=True, expect_timeout=30)
         took = []
         try:
             for page in pages():
@@ -30,6 +31,7 @@ def test_the_lesson_pages_in_order_on_one_emulator(tmp_path: Path, figures) -> N
                 took.append(f"{page.parent.name}/{page.name} {time.monotonic() - started:.0f} s")
         finally:
             walk.close()
+            warm.close()
     figures("; ".join(took))
 
 

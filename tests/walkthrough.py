@@ -33,11 +33,14 @@ tests/test_walkthrough.py runs the same steps fast, as subprocesses.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -174,13 +177,92 @@ def match(
 # --- terminals --------------------------------------------------------------------------------
 
 
-class Piped:
-    """A terminal as a subprocess with pipes (the fast test)."""
+# The fast test starts about 85 processes; most of each start is importing the Azure SDK (half a
+# second on a busy 2-core machine). A warm interpreter that has imported it forks each command:
+# still a process of its own (its pid, its signals, its stdout), running the script as __main__,
+# only without paying for the imports again. The tmux walk starts every command for real.
+WARM = r"""
+import io, json, os, runpy, signal, socket, sys, traceback
+import argparse, logging, dotenv, azure.storage.queue, azure.storage.blob  # the slow imports
+sock = socket.socket(fileno=int(sys.argv[1]))
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped at once; their end is EOF
+while True:
+    message, fds, _, _ = socket.recv_fds(sock, 1 << 16, 1)
+    if not message:
+        os._exit(0)
+    request = json.loads(message)
+    pid = os.fork()
+    if pid:
+        os.close(fds[0])
+        sock.sendall(f"{pid}\n".encode())
+        continue
+    sock.close()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.dup2(fds[0], 1), os.dup2(fds[0], 2), os.close(fds[0])
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    # new streams on the pipe, as `python -u` makes them (the old ones knew another file)
+    out = open(1, "wb", 0, closefd=False)
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(out, write_through=True)
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+        open(2, "wb", 0, closefd=False), write_through=True, errors="backslashreplace")
+    os.environ.clear(), os.environ.update(request["env"]), os.chdir(request["cwd"])
+    sys.argv, code = request["argv"], 0
+    try:
+        if sys.argv[0] == "-m":
+            sys.argv = sys.argv[1:]
+            runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+        elif sys.argv[0] == "-c":  # a script with constants set (see Piped.argv)
+            sys.argv = request["argv"][2:]
+            exec(request["argv"][1], {"__name__": "__main__"})
+        else:
+            sys.path[0] = os.path.dirname(sys.argv[0])
+            runpy.run_path(sys.argv[0], run_name="__main__")
+    except SystemExit as end:
+        code = end.code if isinstance(end.code, int) else (end.code is not None)
+        if isinstance(end.code, str):
+            print(end.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(code)
+"""
 
-    def __init__(self, name: str, env: dict[str, str], cwd: Path) -> None:
-        self.name, self.env, self.cwd = name, dict(env), cwd
+
+class Warm:
+    """The warm interpreter: one per walk, `spawn` returns the pid and a pipe of its output."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.sock, theirs = socket.socketpair()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", "-c", WARM, str(theirs.fileno())], pass_fds=[theirs.fileno()],
+            env=env, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        theirs.close()
+        self.lock = threading.Lock()
+
+    def spawn(self, argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, int]:
+        read, write = os.pipe()
+        request = json.dumps({"argv": argv, "env": env, "cwd": str(cwd)}).encode()
+        with self.lock:
+            socket.send_fds(self.sock, [request], [write])
+            os.close(write)
+            pid = int(self.sock.recv(64).decode().strip())
+        return pid, read
+
+    def close(self) -> None:
+        self.sock.close()  # the server reads nothing more and ends
+        self.proc.wait(10)
+
+
+class Piped:
+    """A terminal as a process forked by the warm interpreter, its output read from a pipe."""
+
+    def __init__(self, name: str, env: dict[str, str], cwd: Path, warm: Warm) -> None:
+        self.name, self.env, self.cwd, self.warm = name, dict(env), cwd, warm
         self.lines: list[str] = []
-        self.proc: subprocess.Popen[str] | None = None
+        self.pid = 0
         self._reader: threading.Thread | None = None
 
     def argv(self, command: str, test: str) -> list[str]:
@@ -189,59 +271,53 @@ class Piped:
         script = [w for w in shlex.split(test) if re.match(r"^[A-Z_]+=", w)]
         extra = [w for w in shlex.split(test) if w not in script]
         if words[1] == "-m":
-            return [sys.executable, "-u", *words[1:], *extra]
+            return [*words[1:], *extra]
         path = str(ROOT / words[1])
         if not script:
-            return [sys.executable, "-u", path, *words[2:], *extra]
+            return [path, *words[2:], *extra]
         patch = "; ".join(f"module.{w.split('=')[0]} = {w.split('=', 1)[1]}" for w in script)
         code = (
-            "import importlib.util, sys; sys.argv = sys.argv[1:]; "
+            "import importlib.util, sys; "
             "spec = importlib.util.spec_from_file_location('walked', sys.argv[0]); "
             "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
             f"{patch}; sys.exit(module.main())"
         )
-        return [sys.executable, "-u", "-c", code, path, *words[2:], *extra]
+        return ["-c", code, path, *words[2:], *extra]
 
     def start(self, command: str, test: str, env: dict[str, str] | None = None) -> None:
         assert not self.running(), f"{self.name} is still running"
-        self.proc = subprocess.Popen(
-            self.argv(command, test), cwd=self.cwd, env={**self.env, **(env or {})}, text=True,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+        self.pid, read = self.warm.spawn(
+            self.argv(command, test), {**self.env, **(env or {})}, self.cwd
+        )
+        self._reader = threading.Thread(target=self._read, args=(read,), daemon=True)
         self._reader.start()
 
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            self.lines.append(line.rstrip("\n"))
+    def _read(self, read: int) -> None:
+        with open(read, encoding="utf-8", errors="replace") as output:
+            for line in output:
+                self.lines.append(line.rstrip("\n"))
 
     def run(self, command: str, test: str, env: dict[str, str] | None = None) -> None:
-        assert not self.running(), f"{self.name} is still running"
-        done = subprocess.run(
-            self.argv(command, test), cwd=self.cwd, env={**self.env, **(env or {})}, text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self.lines += done.stdout.splitlines()
+        self.start(command, test, env)
+        assert self._reader is not None
+        self._reader.join(60)
+        assert not self.running(), f"{self.name}: {command} did not end within 60 s"
 
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def running(self) -> bool:  # its output is open until it (and any child of it) ends
+        return self._reader is not None and self._reader.is_alive()
 
     def stop(self, timeout: float = 15) -> bool:
         if not self.running():
             return True
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        assert self._reader is not None
+        with contextlib.suppress(ProcessLookupError):  # ended, its children not yet
+            os.kill(self.pid, signal.SIGINT)
+        self._reader.join(timeout)
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self._reader.join(5)
             return False
-        finally:
-            if self._reader is not None:
-                self._reader.join(5)
         return True
 
     def output(self) -> list[str]:
