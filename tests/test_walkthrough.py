@@ -82,6 +82,12 @@ def test_the_comparison_sees_what_the_issue_saw():
     page = ["sent ORD-0268103e-001", "finished ORD-0268103e-001"]
     assert match(page, ["sent ORD-aaaaaaaa-001", "finished ORD-bbbbbbbb-001"], 0, False, {}) is None
     assert match(page, ["sent ORD-aaaaaaaa-001", "finished ORD-aaaaaaaa-001"], 0, False, {})
+    # unordered: each line once, in any order (which of two tasks comes first varies)
+    page = ["took task-001-aaaaaaaa", "took task-002-aaaaaaaa"]
+    real = ["took task-002-bbbbbbbb", "x", "took task-001-bbbbbbbb"]
+    assert match(page, real, 0, False, {}) is None
+    assert match(page, real, 0, False, {}, unordered=True) == (3, [2, 0], {"aaaaaaaa": "bbbbbbbb"})
+    assert match(page + page[:1], real, 0, False, {}, unordered=True) is None  # once each
     # loose: the words and the shape, not the counts
     assert normal("consumers 1 -> 5", loose=True) != normal("consumers 5", loose=True)
     assert expected_lines(["...", "x", "", "…"]) == ["x"]

@@ -10,6 +10,7 @@ code block it is about:
     <!-- walk: T1 expect -->     the block is what T1 prints (its lines in this order; `...`
                                  and lines of the other terminals may come between them)
     <!-- walk: T1 expect loose -->   the same, words only: counts and bars vary from run to run
+    <!-- walk: T1 expect unordered -->  its lines in any order (two tasks, whichever comes first)
     <!-- walk: T1 expect within 200 -->  it may take up to 200 s (the default is 60)
     <!-- walk: stop T1 T2 -->    Ctrl+C in those terminals; they must end
     <!-- walk: wait 11 -->       the learner waits 11 s
@@ -63,6 +64,7 @@ class Step:
     block: list[str] = field(default_factory=list)
     block_line: int = 0  # the code block's first line, 0-based (for --update)
     loose: bool = False
+    unordered: bool = False
     within: float = 60  # seconds an expected block may take to appear (at the page's speed)
     test: str = ""  # the test's own arguments (see the docstring)
 
@@ -92,6 +94,7 @@ def steps(page: Path) -> list[Step]:
                 assert kind in ("start", "run", "expect"), f"{page}:{index + 1}: {kind}?"
                 pending = Step(page, index + 1, kind, terminals.split(","), test=test.strip())
                 pending.loose = "loose" in options
+                pending.unordered = "unordered" in options
                 if "within" in options:
                     pending.within = float(options[options.index("within") + 1])
         elif FENCE.match(lines[index]) and pending is not None:
@@ -149,10 +152,16 @@ def expected_lines(block: list[str], notice: bool = False) -> list[str]:
 
 
 def match(
-    expected: list[str], actual: list[str], start: int, loose: bool, ids: dict[str, str]
+    expected: list[str],
+    actual: list[str],
+    start: int,
+    loose: bool,
+    ids: dict[str, str],
+    unordered: bool = False,
 ) -> tuple[int, list[int], dict[str, str]] | None:
-    """Where each expected line is found in actual[start:], in order; None if one is not. An id
-    the page shows stands for one id of this run throughout (`ids`: those already seen)."""
+    """Where each expected line is found in actual[start:], in order (unordered: anywhere, each
+    line once); None if one is not. An id the page shows stands for one id of this run
+    throughout (`ids`: those already seen)."""
     at, where, ids = start, [], dict(ids)
 
     def same(line: str, real: str) -> bool:
@@ -165,13 +174,15 @@ def match(
         return True
 
     for line in expected:
-        while at < len(actual) and not same(line, actual[at]):
+        if unordered:
+            at = start
+        while at < len(actual) and (at in where or not same(line, actual[at])):
             at += 1
         if at == len(actual):
             return None
         where.append(at)
         at += 1
-    return at, where, ids
+    return max(where, default=start - 1) + 1, where, ids
 
 
 # --- terminals --------------------------------------------------------------------------------
@@ -461,7 +472,7 @@ class Walk:
         deadline = time.monotonic() + (self.expect_timeout or step.within)
         while True:
             actual = term.output()
-            found = match(want, actual, self.read_to[name], step.loose, self.ids)
+            found = match(want, actual, self.read_to[name], step.loose, self.ids, step.unordered)
             if found or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
