@@ -83,3 +83,13 @@ def test_the_comparison_sees_what_the_issue_saw():
     # loose: the words and the shape, not the counts
     assert normal("consumers 1 -> 5", loose=True) != normal("consumers 5", loose=True)
     assert expected_lines(["...", "x", "", "…"]) == ["x"]
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_stop_is_a_ctrl_c_the_page_asks_for(page: Path):
+    """An output that ends with `stopped` comes after the text says to press Ctrl+C."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    for step in steps(page):
+        if step.kind == "stop":
+            before = lines[max(0, step.line - 12) : step.line - 1]
+            assert any("Ctrl+C" in line for line in before), f"{step.where()}: say Ctrl+C"
