@@ -29,7 +29,8 @@ command uses (`journey.py --id ORD-7ae6281c-001`) is replaced by the one this ru
     python tests/walkthrough.py                # every page, real terminals (tmux), real speed
     python tests/walkthrough.py --update       # ... and write the lines it saw into the pages
     python tests/walkthrough.py fanout         # only the pages whose path has `fanout`
-tests/test_walkthrough.py runs the same steps fast, as subprocesses.
+tests/test_walkthrough.py runs the same steps fast: each command a process of its own, forked from
+an interpreter that has the SDK imported (class Warm), its output read from a pipe.
 """
 
 from __future__ import annotations
