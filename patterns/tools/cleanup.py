@@ -1,6 +1,7 @@
 """Clean-up: delete the tutorial's queues and blobs, to start the walkthrough afresh.
 
     python patterns/tools/cleanup.py              # lists them, asks, then deletes
+    python patterns/tools/cleanup.py --lesson fanout --yes   # one lesson's queues: a page's start
     python -m patterns.tools.cleanup --dry-run    # only lists
     make cleanup ARGS=--yes                       # deletes without asking
     make cleanup ARGS=--orphans   # only orphan blobs (no message needs them: not asked); no queue
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueServiceClient
@@ -23,7 +25,7 @@ from patterns.helper import Fatal, cli, connect
 from patterns.helper.support.blobs import service as blob_service
 from patterns.helper.support.outage import in_short
 from patterns.tools import blobs
-from patterns.tools.queues import classify, sort_key
+from patterns.tools.queues import LESSONS, classify, sort_key
 
 
 def main() -> int:
@@ -38,6 +40,11 @@ def main() -> int:
         "--prefix alice- also matches alice-tasks-queue)",
     )
     parser.add_argument(
+        "--lesson",
+        choices=LESSONS,
+        help="only that lesson's queues and their blobs (each lesson's page starts with this)",
+    )
+    parser.add_argument(
         "--orphans", action="store_true", help="delete only orphan blobs (status shows them)"
     )
     parser.add_argument(
@@ -47,20 +54,24 @@ def main() -> int:
     args = parser.parse_args()
     log = cli.logger("cleanup")
     svc = connect.service()
+
+    def ours(name: str) -> bool:  # a tutorial queue (of --lesson, when given)
+        found = classify(name, args.prefix)
+        return found is not None and args.lesson in (None, found[0].lesson)
+
     if args.orphans:
-        return delete_orphans(svc, args.prefix, args.orphan_age, args.dry_run, log)
+        return delete_orphans(svc, args.prefix, args.orphan_age, args.dry_run, log, ours)
 
     listed = [q.name for q in svc.list_queues(name_starts_with=args.prefix or None)]
-    mine = sorted(
-        (name for name in listed if classify(name, args.prefix)),
-        key=lambda name: sort_key(name, args.prefix),
-    )
+    mine = sorted(filter(ours, listed), key=lambda name: sort_key(name, args.prefix))
     titles = {name: found[0].title for name in mine if (found := classify(name, args.prefix))}
     # The blobs of the tutorial's queues' messages (a queue's own name starts each blob's).
-    kept = [b for b in _blobs(svc, args.prefix, log) if classify(b.queue, args.prefix)]
+    kept = [blob for blob in _blobs(svc, args.prefix, log) if ours(blob.queue)]
     others = len(listed) - len(mine)
     scope = f" starting with '{args.prefix}'" if args.prefix else ""
-    left_alone = f"; {others} other queue(s) left alone" if others else ""
+    scope += f" of lesson {args.lesson}" if args.lesson else ""
+    # A lesson's page starts with --lesson: the other lessons' queues are no news there.
+    left_alone = f"; {others} other queue(s) left alone" if others and not args.lesson else ""
     if not mine and not kept:
         log.info(f"no tutorial queues{scope} to delete{left_alone}")
         return 0
@@ -127,10 +138,15 @@ def _delete_blobs(found: list[blobs.Blob], log: logging.Logger) -> int:
 
 
 def delete_orphans(
-    svc: QueueServiceClient, prefix: str, orphan_age: float, dry_run: bool, log: logging.Logger
+    svc: QueueServiceClient,
+    prefix: str,
+    orphan_age: float,
+    dry_run: bool,
+    log: logging.Logger,
+    ours: Callable[[str], bool],
 ) -> int:
     """--orphans: delete the blobs no message refers to (see blobs.py); queues stay as they are."""
-    found = _blobs(svc, prefix, log, orphan_age)
+    found = [blob for blob in _blobs(svc, prefix, log, orphan_age) if ours(blob.queue)]
     orphans = [blob for blob in found if blob.state == "orphan"]
     unsure = sum(blob.state == "unknown" for blob in found)
     not_sure = f"; {unsure} not sure, left alone (younger, or messages a peek cannot see)"

@@ -2,7 +2,8 @@
 
 A pattern owns exact names (`tasks-queue`) and name prefixes (`fanout-queue-<subscriber>`,
 `reply-<uuid>`); every one of them may have a poison queue, `<name>-poison`. When a pattern
-gets a new queue, add it here and both tools know it.
+gets a new queue, add it here and both tools know it. Its `lesson` is the name a page uses to
+start clean (`cleanup.py --lesson competing-consumers --yes`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from patterns.helper import connect
 @dataclass(frozen=True)
 class Pattern:
     title: str
+    lesson: str  # cleanup --lesson NAME: the page's folder name, with hyphens
     names: tuple[str, ...] = ()  # exact queue names, in the order a learner meets them
     prefixes: tuple[str, ...] = ()  # a queue named <prefix><something> belongs here too
 
@@ -25,20 +27,23 @@ class Pattern:
 
 
 PATTERNS: tuple[Pattern, ...] = (
-    Pattern("competing consumers", names=("tasks-queue",)),
-    Pattern("fan-out", prefixes=("fanout-queue-",)),
+    Pattern("competing consumers", "competing-consumers", names=("tasks-queue",)),
+    Pattern("fan-out", "fanout", prefixes=("fanout-queue-",)),
     Pattern(
+        "priority",
         "priority",
         names=("tasks-high-priority", "tasks-normal-priority", "tasks-low-priority"),
     ),
     Pattern(
         "pipes and filters",
+        "pipes-and-filters",
         names=("queue-validate", "queue-enrich", "queue-finalize", "queue-rejected"),
     ),
-    Pattern("request/reply", names=("request-queue",), prefixes=("reply-",)),
-    Pattern("load levelling", names=("tasks-leveling",)),
-    Pattern("claim check", names=("claim-check-queue",)),
+    Pattern("request/reply", "request-reply", names=("request-queue",), prefixes=("reply-",)),
+    Pattern("load levelling", "load-leveling", names=("tasks-leveling",)),
+    Pattern("claim check", "claim-check", names=("claim-check-queue",)),
 )
+LESSONS: tuple[str, ...] = tuple(pattern.lesson for pattern in PATTERNS)
 
 
 def source_queue(name: str) -> str:
@@ -68,7 +73,7 @@ def classify(name: str, prefix: str = "") -> tuple[Pattern, str] | None:
 
 
 def sort_key(name: str, prefix: str = "") -> tuple[int, int, str]:
-    """Tutorial order: patterns as in the README, each pattern's names in its own order,
+    """Tutorial order: lessons as in the hub (README.md), each lesson's names in its own order,
     queues no pattern uses last."""
     found = classify(name, prefix)
     if found is None:
