@@ -159,6 +159,7 @@ CASES: list[Case] = [
     Case(f"{TOOLS}.status", "--interval", "0"),
     Case(f"{TOOLS}.status", "--orphan-age", "-1"),
     Case(f"{TOOLS}.cleanup", "--orphan-age", "-1"),
+    Case(f"{TOOLS}.cleanup", "--lesson", "nothing"),
     Case(f"{TOOLS}.journey", "--slowest", "0"),
     Case(f"{TOOLS}.dashboard", "--port", "-1"),
     Case(f"{TOOLS}.dashboard", "--port", "65536"),

@@ -59,8 +59,9 @@ def main() -> int:
         found = classify(name, args.prefix)
         return found is not None and args.lesson in (None, found[0].lesson)
 
-    if args.orphans:
-        return delete_orphans(svc, args.prefix, args.orphan_age, args.dry_run, log, ours)
+    if args.orphans:  # any queue's orphans under --prefix; only the lesson's with --lesson
+        of_lesson = ours if args.lesson else lambda name: True
+        return delete_orphans(svc, args.prefix, args.orphan_age, args.dry_run, log, of_lesson)
 
     listed = [q.name for q in svc.list_queues(name_starts_with=args.prefix or None)]
     mine = sorted(filter(ours, listed), key=lambda name: sort_key(name, args.prefix))
