@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup test demo bench emulator status cleanup lint clean
+.PHONY: setup test demo bench emulator status cleanup dashboard browser screenshot lint clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -24,8 +24,21 @@ node_modules/.installed: package.json package-lock.json | $(VENV)/.installed
 # Style first (ruff check, ruff format --check): a failure stops before the tests run. Three
 # workers (pytest-xdist), each with an Azurite of its own: most tests wait on processes and
 # timeouts, so three overlap well on two cores.
-test: lint
+test: lint browser
 	$(PY) -m pytest -n 3
+
+# The dashboard's browser tests (tests/test_dashboard.py) drive Debian's Chromium. Installed
+# here when it is missing and this is Debian as root (as CI runs); anywhere else this says how
+# to get one and the browser tests fail, saying the same: they never skip.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || [ -n "$$DASHBOARD_CHROMIUM" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Chromium for the dashboard's browser tests (apt-get install chromium) ..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "no Chromium: the dashboard's browser tests will fail. Install it (Debian: sudo apt-get install chromium)" \
+			"or set DASHBOARD_CHROMIUM to a Chromium or Chrome executable"; \
+	fi
 
 demo: setup
 	$(PY) -m patterns.demo
@@ -45,6 +58,14 @@ status: setup
 
 cleanup: setup
 	$(PY) -m patterns.tools.cleanup $(ARGS)
+
+# Every lesson's queues, poison and journeys in the browser: open the URL it prints.
+dashboard: setup
+	$(PY) -m patterns.tools.dashboard $(ARGS)
+
+# docs/dashboard.png, the hub's picture of the dashboard, from a real run (~40 s).
+screenshot: setup browser
+	$(PY) tests/dashboard_screenshot.py docs/dashboard.png
 
 lint: setup
 	$(VENV)/bin/ruff check .

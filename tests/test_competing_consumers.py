@@ -417,7 +417,8 @@ def test_delayed_tasks_are_not_received_before_their_delay_and_are_after(start, 
     assert waited >= 3.5, f"received after {waited:.1f} s, before the 4 s delay"
     consumer.wait_for(r"done task-00[12]", timeout=10, count=2)
     assert len(ids_logged(consumer, "done")) == 2
-    assert consumer.stop() == 0
+    code = consumer.stop()
+    assert code == 0, consumer.text
 
 
 def test_a_delay_must_end_before_the_message_expires(service, qname):

@@ -812,7 +812,8 @@ def test_a_consumer_warns_when_the_service_hangs_and_carries_on_after(tmp_path, 
 def test_a_receive_whose_answer_was_lost_excuses_one_delivery_of_what_was_queued_then():
     """The service took a receive, then went away before answering: the messages it took come
     back a delivery higher, unseen by us. With --max-attempts 1 they must not be poisoned for
-    it (a refused connection took nothing: nothing is excused for it)."""
+    it. A refused connection counts too: the client retries once, so an answer lost on the first
+    try surfaces as the refused retry (seen under load: an order poisoned after a restart)."""
     from datetime import datetime, timedelta, timezone
     from types import SimpleNamespace
 
@@ -823,7 +824,7 @@ def test_a_receive_whose_answer_was_lost_excuses_one_delivery_of_what_was_queued
     later = SimpleNamespace(id="n", inserted_on=now + timedelta(minutes=5))
     refused = outage.Excused()
     assert refused.failed_receive(ServiceRequestError("connection refused"))
-    assert refused.count(queued) == 0  # type: ignore[arg-type]
+    assert refused.count(queued) == 1  # type: ignore[arg-type]  # a lost try may precede it
     lost = outage.Excused()
     assert lost.failed_receive(ServiceResponseError("connection aborted mid-answer"))
     assert lost.count(queued) == 1  # type: ignore[arg-type]  # it may have been taken then

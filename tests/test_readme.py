@@ -1,7 +1,8 @@
-"""Keep the READMEs honest: every command they show exists, its flags exist, every script's
---help runs, the Japanese edition shows exactly the same code blocks as the English one, the
-table of contents links every section (with GitHub's anchors), and every pattern section has
-the same parts."""
+"""Keep the pages honest: every command they show exists, its flags exist, every script's
+--help runs, every Japanese page shows exactly the same code blocks as its English twin, every
+link and anchor lands (with GitHub's anchors), the hub lists its sections, and every lesson page
+has the same parts in the same order (the template the next lessons follow). That the pages'
+commands, run in order, print what the pages show is tests/test_walkthrough.py's."""
 
 from __future__ import annotations
 
@@ -15,10 +16,29 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from walkthrough import pages as lesson_pages
 
 from patterns.emulator import ROOT
 
-READMES = [ROOT / "README.md", ROOT / "README.ja.md"]
+HUB = ROOT / "README.md"
+# Every English page: the hub, the docs/ pages, a page beside each lesson's code.
+ENGLISH = [
+    HUB,
+    *sorted(p for p in (ROOT / "docs").glob("*.md") if not p.name.endswith(".ja.md")),
+    *sorted((ROOT / "patterns").glob("*/README.md")),
+]
+PAGES = [page for en in ENGLISH for page in (en, en.with_name(en.stem + ".ja.md"))]
+READMES = PAGES  # the checks below were written for the two READMEs; they now cover every page
+
+
+def ja(page: Path) -> Path:
+    return page.with_name(page.stem + ".ja.md")
+
+
+def name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
 FENCE = re.compile(r"^ *```")
 PYTHON = re.compile(r"^(?:python3?|py|\.venv[/\\](?:bin|Scripts)[/\\]python)$")
 SCRIPTS = sorted(
@@ -70,11 +90,12 @@ def make_targets() -> set[str]:
     return set(re.findall(r"^([a-z][\w-]*):", text, flags=re.MULTILINE))
 
 
-@pytest.mark.parametrize("readme", READMES, ids=lambda p: p.name)
+@pytest.mark.parametrize("readme", READMES, ids=name)
 def test_every_command_in_the_readme_exists(readme):
     assert readme.exists(), f"{readme.name} is missing"
     checked = 0
     for command in commands(readme):
+        command = re.sub(r"^(?:[A-Z_]+=\S*\s+)+", "", command)  # NAME=value python ...
         words = shlex.split(command.replace("\\", "/"))
         if words[0] == "make":
             assert set(words[1:2]) <= make_targets(), (
@@ -89,13 +110,14 @@ def test_every_command_in_the_readme_exists(readme):
             flags = [w.split("=")[0] for w in words[3:] if w.startswith("--")]
             for flag in flags:
                 assert flag in help_text(path), f"{readme.name}: {command!r}: unknown {flag}"
-        elif PYTHON.match(words[0]):
+        elif PYTHON.match(words[0]) and not words[1].startswith(("-", "tests/")):
             path = ROOT / words[1]
             assert path.exists(), f"{readme.name}: no script for {command!r}"
             for flag in [w.split("=")[0] for w in words[2:] if w.startswith("--")]:
                 assert flag in help_text(path), f"{readme.name}: {command!r}: unknown {flag}"
         checked += 1
-    assert checked >= 20
+    lesson = any(readme in (page, ja(page)) for page in lesson_pages())
+    assert checked >= (5 if readme.parent == ROOT else 3 if lesson else 0)
 
 
 # The option that names each script's queue(s): --help must offer it.
@@ -136,11 +158,23 @@ def test_every_script_answers_help_when_run_as_a_file(script):
     assert option is None or option in text
 
 
-def test_japanese_readme_shows_the_same_code_blocks():
-    english, japanese = (code_blocks(path) for path in READMES)
-    assert len(japanese) == len(english)
-    for number, (en, ja) in enumerate(zip(english, japanese, strict=True), start=1):
-        assert ja == en, f"code block {number} differs"
+@pytest.mark.parametrize("page", ENGLISH, ids=name)
+def test_japanese_page_shows_the_same_code_blocks(page):
+    english, japanese = code_blocks(page), code_blocks(ja(page))
+    assert len(japanese) == len(english), (
+        f"{name(ja(page))}: {len(japanese)} blocks, not {len(english)}"
+    )
+    for number, (en, jp) in enumerate(zip(english, japanese, strict=True), start=1):
+        assert jp == en, f"{name(ja(page))}: code block {number} differs"
+
+
+@pytest.mark.parametrize("page", ENGLISH, ids=name)
+def test_pages_are_short(page):
+    """The hub at most ~300 lines, every other page under ~250 (issue 21)."""
+    most = 300 if page == HUB else 250
+    for each in (page, ja(page)):
+        lines = len(each.read_text(encoding="utf-8").splitlines())
+        assert lines <= most, f"{name(each)}: {lines} lines"
 
 
 # --- navigation: the table of contents, and the parts of each pattern section --------------
@@ -192,43 +226,77 @@ def anchor_links(text: str) -> list[str]:
     return re.findall(r"\]\(#([^)\s]+)\)", text)
 
 
-@pytest.mark.parametrize("readme", READMES, ids=lambda p: p.name)
-def test_the_table_of_contents_links_every_section_and_every_link_lands(readme):
-    anchors = {anchor for _, anchor in headings(readme)}
-    text = readme.read_text(encoding="utf-8")
-    links = anchor_links(text)
-    assert links, f"{readme.name}: no table of contents"
-    assert [link for link in links if link not in anchors] == [], f"{readme.name}: dead links"
+def prose(text: str) -> str:
+    """The text without its code blocks."""
+    kept, fenced = [], False
+    for line in text.splitlines():
+        if FENCE.match(line):
+            fenced = not fenced
+        elif not fenced:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def links(text: str) -> list[str]:
+    """Every Markdown link target outside code blocks (not the web's)."""
+    text = prose(text)
+    return [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"https?:", t)]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=name)
+def test_every_link_and_anchor_lands(page):
+    dead = []
+    for target in links(page.read_text(encoding="utf-8")):
+        path, _, anchor = target.partition("#")
+        there = (page.parent / path).resolve() if path else page
+        if not there.exists() or (
+            anchor and there.suffix == ".md" and anchor not in {a for _, a in headings(there)}
+        ):
+            dead.append(target)
+    assert dead == [], f"{name(page)}: dead links"
+
+
+@pytest.mark.parametrize("hub", [HUB, ja(HUB)], ids=name)
+def test_the_hub_lists_every_section_and_every_page(hub):
+    text = hub.read_text(encoding="utf-8")
     top = text.split("\n## ", 1)[0]  # everything before the first section: the contents
-    sections = [anchor for level, anchor in headings(readme) if level == 2]
-    assert [s for s in sections if s not in anchor_links(top)] == [], f"{readme.name}: not listed"
+    sections = [anchor for level, anchor in headings(hub) if level == 2]
+    assert [s for s in sections if s not in anchor_links(top)] == [], f"{name(hub)}: not listed"
+    linked = {(hub.parent / t.partition("#")[0]).resolve() for t in links(text)}
+    suffix = ".ja.md" if hub.name.endswith(".ja.md") else ".md"
+    every = {p.resolve() for p in PAGES if p.name.endswith(suffix) and p != hub}
+    every = {p for p in every if suffix == ".ja.md" or not p.name.endswith(".ja.md")}
+    assert every <= linked, f"{name(hub)} does not link {sorted(map(str, every - linked))}"
 
 
-# Each pattern section: what it is (the text under its heading), the terminals, what to
-# notice, the trade-offs, what to try - in this order.
+# Each lesson page: what it is (its title and the text under it), then these parts, as its
+# H2 headings, in this order. The next lessons follow the same template.
 PARTS = {
-    "README.md": ["**Terminal", "**What to notice**", "**Trade-offs", "**Try this**"],
-    "README.ja.md": ["**ターミナル", "**注目ポイント**", "**トレードオフ", "**試してみよう**"],
+    ".md": [
+        "What you will see",
+        "Terminals",
+        "What to notice",
+        "Try this",
+        "Trade-offs",
+        "Where the production concerns live",
+    ],
+    ".ja.md": [
+        "何が見えるか",
+        "ターミナル",
+        "注目ポイント",
+        "試してみよう",
+        "トレードオフ",
+        "本番で必要なことの置き場所",
+    ],
 }
-PATTERNS = [
-    "competing-consumers",
-    "fanout",
-    "priority",
-    "pipes-and-filters",
-    "request-reply",
-    "load-leveling",
-    "claim-check",
-    "functions",
-]
+LESSONS = [page for en in lesson_pages() for page in (en, ja(en))]
 
 
-@pytest.mark.parametrize("readme", READMES, ids=lambda p: p.name)
-@pytest.mark.parametrize("pattern", PATTERNS)
-def test_every_pattern_section_has_the_same_parts_in_the_same_order(readme, pattern):
-    text = readme.read_text(encoding="utf-8")
-    section = text.split(f"<!-- BEGIN {pattern} -->")[1].split(f"<!-- END {pattern} -->")[0]
-    heading, *body = [line for line in section.splitlines() if line.strip()]
-    assert heading.startswith("## ") and not body[0].startswith("**"), "what it is, first"
-    where = [section.find(part) for part in PARTS[readme.name]]
-    assert -1 not in where, f"{pattern}: missing {PARTS[readme.name][where.index(-1)]}"
-    assert where == sorted(where), f"{pattern}: parts out of order"
+@pytest.mark.parametrize("page", LESSONS, ids=name)
+def test_every_lesson_page_has_the_same_parts_in_the_same_order(page):
+    text = page.read_text(encoding="utf-8")
+    parts = PARTS[".ja.md" if page.name.endswith(".ja.md") else ".md"]
+    title, intro = text.split("\n## ", 1)[0].split("\n", 1)
+    assert title.startswith("# ") and len(intro.strip()) > 100, "what it is, first"
+    h2 = re.findall(r"^## (.+)$", prose(text), re.MULTILINE)
+    assert h2 == parts, f"{name(page)}: its parts are {h2}"

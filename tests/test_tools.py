@@ -5,6 +5,7 @@ here sees, counts or deletes the queues of tests running beside it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -13,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qs
 
 import pytest
+from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import AccountSasPermissions, ResourceTypes, generate_account_sas
 from support import learner_env, message_count, peek_bodies, run_script
 
@@ -24,7 +26,7 @@ from patterns.helper.support.settings import (
     CONNECTION_STRING_VAR,
     azurite_connection_string,
 )
-from patterns.tools.queues import table_prefix
+from patterns.tools.queues import LESSONS, table_prefix
 
 STATUS = "patterns.tools.status"
 PEEK = "patterns.tools.peek"
@@ -266,6 +268,53 @@ def test_cleanup_asks_and_no_or_no_answer_deletes_nothing(env, service, ns):
     result = run_script(CLEANUP, "--prefix", ns, env=env, input="y\n", timeout=30)
     assert result.returncode == 0
     assert existing(service, ns) == set()
+
+
+def test_cleanup_lesson_deletes_exactly_that_lessons_queues_and_blobs(env, service, blobs, ns):
+    """A lesson's page starts with `cleanup --lesson NAME --yes`: its queues (and their
+    poison queues and blobs) go, every other lesson's stay."""
+    for name in [*TUTORIAL, "claim-check-queue", "my-own-queue"]:
+        make(service, ns + name, "m")
+    container = blobs.get_container_client("claim-check-payloads")
+    with contextlib.suppress(ResourceExistsError):
+        container.create_container()
+    for name in ("claim-check-queue/c-1", "tasks-queue/c-2"):
+        container.upload_blob(ns + name, b"x", overwrite=True)
+
+    result = run_script(
+        CLEANUP, "--prefix", ns, "--lesson", "competing-consumers", "--yes", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert "deleted 2 queue(s) and 1 blob(s)\n" in result.stdout  # the others are no news
+    assert existing(service, ns) == {
+        ns + name for name in [*TUTORIAL[2:], "claim-check-queue", "my-own-queue"]
+    }
+    left = {blob.name for blob in container.list_blobs(name_starts_with=ns)}
+    assert left == {ns + "claim-check-queue/c-1"}
+
+    result = run_script(
+        CLEANUP, "--prefix", ns, "--lesson", "competing-consumers", "--yes", env=env
+    )
+    assert "no tutorial queues starting with" in result.stdout
+    assert "of lesson competing-consumers to delete" in result.stdout
+
+    result = run_script(CLEANUP, "--prefix", ns, "--lesson", "claim-check", "--yes", env=env)
+    assert existing(service, ns) == {ns + name for name in [*TUTORIAL[2:], "my-own-queue"]}
+    assert not list(container.list_blobs(name_starts_with=ns))
+
+
+def test_cleanup_lesson_names_come_from_the_queue_table():
+    assert LESSONS == (
+        "competing-consumers",
+        "fanout",
+        "priority",
+        "pipes-and-filters",
+        "request-reply",
+        "load-leveling",
+        "claim-check",
+    )
+    result = run_script(CLEANUP, "--lesson", "tracing", "--yes")
+    assert result.returncode == 2 and "invalid choice: 'tracing'" in result.stderr
 
 
 # --- redrive ----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ MAX_ATTEMPTS = 5  # deliveries before a message that keeps failing goes to <queu
 BATCH = 1  # messages per receive (up to 32); all must be done within the visibility timeout
 WORK_SECONDS = 2.0  # the simulated work per task
 
-# Left out on purpose (consumer.py has each; the README's table says where in patterns/helper/):
+# Left out on purpose (consumer.py has each; docs/helper.md says where in patterns/helper/):
 # Ctrl+C hands no task back (it returns after its visibility timeout); long work is not kept
 # hidden; a message that can never succeed (not JSON, no id) is retried like any other, and its
 # poison copy carries no reason; the idle wait is a flat second; an outage, a bad queue name or

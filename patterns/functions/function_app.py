@@ -7,7 +7,7 @@ to maxPollingInterval when it is empty), decodes each message from Base64, hides
 function runs, deletes it when the function returns, makes it visible again after
 visibilityTimeout when the function raises, and after maxDequeueCount deliveries moves it to
 `tasks-queue-poison`. host.json sets those to our consumer's defaults. Feed it with our
-producer in base64 mode (AZURE_QUEUE_MESSAGE_ENCODING=base64), as the README shows. Needs the
+producer in base64 mode (AZURE_QUEUE_MESSAGE_ENCODING=base64), as README.md here shows. Needs the
 `azure-functions` package, which the Functions host provides; this project installs it only for
 its tests, which load this file with it (tests/test_functions.py).
 """

@@ -77,15 +77,22 @@ def read_spans(path: Path) -> tuple[list[dict[str, Any]], int]:
         for line in lines:
             if not line.strip():
                 continue
-            try:
-                span = json.loads(line.decode("utf-8"))
-            except (ValueError, RecursionError):  # not UTF-8, not JSON, too deep or too big
-                span = None
-            if is_span(span):
-                spans.append(span)
-            else:
+            span = span_of(line)
+            if span is None:
                 skipped += 1
+            else:
+                spans.append(span)
     return spans, skipped
+
+
+def span_of(line: bytes) -> dict[str, Any] | None:
+    """The span on one line of a traces file; None if the line is not one (the dashboard reads
+    the file as it grows, a line at a time)."""
+    try:
+        span = json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, too deep or too big
+        return None
+    return span if is_span(span) else None
 
 
 NS_MAX = 2**63  # nanoseconds since 1970 fit in 63 bits until the year 2262

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-from azure.storage.queue import QueueServiceClient
+from azure.storage.queue import QueueMessage, QueueServiceClient
 
 from patterns.helper import Fatal, cli, connect
 from patterns.helper.support import outage, tables
@@ -52,19 +52,33 @@ class Row:
 def counts(svc: QueueServiceClient, prefix: str) -> dict[str, tuple[int, int | None]]:
     """(approximate message count, visible now) of every queue whose name starts with
     `prefix`. A peek cannot see invisible messages (held, or delayed): the difference."""
+    return {
+        name: (total, None if peeked is None else len(peeked))
+        for name, (total, peeked) in survey(svc, prefix).items()
+    }
+
+
+def survey(
+    svc: QueueServiceClient, prefix: str
+) -> dict[str, tuple[int, list[QueueMessage] | None]]:
+    """(approximate message count, the messages a peek sees now: up to 32) of every queue
+    whose name starts with `prefix`; None for a peek that failed. The dashboard reads the
+    poison records' reasons from the same peeks (patterns/tools/dashboard.py)."""
     names = [q.name for q in svc.list_queues(name_starts_with=prefix or None)]
 
-    def count(name: str) -> tuple[int, int | None] | None:
+    def count(name: str) -> tuple[int, list[QueueMessage] | None] | None:
         queue = svc.get_queue_client(name)
         try:
             total = queue.get_queue_properties().approximate_message_count
         except ResourceNotFoundError:
             return None  # deleted since it was listed
         try:
-            visible: int | None = len(queue.peek_messages(max_messages=connect.MAX_BATCH))
+            peeked: list[QueueMessage] | None = list(
+                queue.peek_messages(max_messages=connect.MAX_BATCH)
+            )
         except HttpResponseError:  # e.g. a message the service cannot hand out (Azurite, \x00)
-            visible = None  # shown as '?': the count still stands
-        return total, visible
+            peeked = None  # shown as '?': the count still stands
+        return total, peeked
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         found = dict(zip(names, pool.map(count, names), strict=True))

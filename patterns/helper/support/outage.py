@@ -21,7 +21,6 @@ from azure.core.exceptions import (
     HttpResponseError,
     ResourceNotFoundError,
     ServiceRequestTimeoutError,
-    ServiceResponseError,
     ServiceResponseTimeoutError,
 )
 from azure.storage.queue import QueueMessage
@@ -151,7 +150,9 @@ class Excused:
         """After a receive that failed: True if the service is away (warned once per outage)."""
         if not queue_service.warn_if_away(error):
             return False
-        if isinstance(error, ServiceResponseError):  # sent, but the answer never came
+        # Sent, but the answer never came - or so it may have been: the client retries once, so
+        # a lost answer followed by a refused retry surfaces as the refusal (seen under load).
+        if isinstance(error, connect.UNREACHABLE):
             self._lost_at = datetime.now(timezone.utc) + timedelta(minutes=1)
         return True
 
