@@ -312,6 +312,8 @@ def test_cleanup_lesson_names_come_from_the_queue_table():
         "request-reply",
         "load-leveling",
         "claim-check",
+        "exactly-once",
+        "ordered",
     )
     result = run_script(CLEANUP, "--lesson", "tracing", "--yes")
     assert result.returncode == 2 and "invalid choice: 'tracing'" in result.stderr
