@@ -468,6 +468,15 @@ def test_status_table_rows_are_a_function_the_dashboard_can_call(
         ("per-key order", f"{start}ordered", 3),
     ]
     assert all(isinstance(row, TableRow) and row.summary for row in table_rows(ns))
+    # ... and the dashboard does: the same rows and words on its page
+    from patterns.tools.dashboard import tables_section
+
+    section = tables_section(ns)
+    assert [(t["lesson"], t["name"], t["rows"][0][0]) for t in section] == [
+        ("exactly-once effects", f"{start}payments", "4"),
+        ("per-key order", f"{start}ordered", "3"),
+    ]
+    assert [t["rows"][0][1] for t in section] == [row.summary for row in table_rows(ns)]
 
 
 def test_cleanup_deletes_the_lessons_tables_with_their_queues_and_no_other(

@@ -1,5 +1,6 @@
-"""Exactly-once effects - the consumer: applies each payment to its account's balance in a
-table, once, however often the queue delivers it.
+"""Exactly-once effects - the consumer: applies each payment to its balance exactly once.
+
+Each payment goes to its account's balance in a table once, however often the queue delivers it.
 
     python patterns/exactly_once/consumer.py            # start two or three: they compete
     python -m patterns.exactly_once.consumer --naive    # without the record: see a double charge

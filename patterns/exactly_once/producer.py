@@ -1,5 +1,6 @@
-"""Exactly-once effects - the producer: sends payments, some of them twice, as a client that
-retries would.
+"""Exactly-once effects - the producer: sends payments, some of them twice.
+
+It sends some twice as a client that retries would.
 
     python patterns/exactly_once/producer.py                   # 20 payments to payments-queue
     python -m patterns.exactly_once.producer --duplicates 4    # 4 of them sent a second time

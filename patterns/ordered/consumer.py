@@ -1,5 +1,7 @@
-"""Per-key order - a consumer of a sequential convoy: applies each order's events strictly in
-sequence, while different orders go on in parallel. Start three: they compete.
+"""Per-key order - a consumer of a sequential convoy: each order's events in sequence.
+
+It applies each order's events strictly in sequence, while different orders go on in
+parallel. Start three: they compete.
 
     python patterns/ordered/consumer.py
     python -m patterns.ordered.consumer --gap-timeout 10

@@ -1,5 +1,7 @@
-"""Per-key order - the producer: sends each order's events with a sequence number (created 1,
-paid 2, shipped 3, ...), the orders interleaved; --shuffle mixes them as retries would.
+"""Per-key order - the producer: sends each order's events with a sequence number.
+
+The events are numbered (created 1, paid 2, shipped 3, ...), the orders interleaved; --shuffle
+mixes them as retries would.
 
     python patterns/ordered/producer.py                        # 10 orders x 3 events
     python -m patterns.ordered.producer --shuffle              # in any order
