@@ -48,7 +48,7 @@ demo: setup
 bench: setup
 	$(PY) -m bench $(ARGS)
 
-# Options in ARGS too, e.g. `make emulator ARGS="--port 10002"`.
+# Options in ARGS too, e.g. `make emulator ARGS="--port 10011"`.
 emulator: setup
 	$(PY) -m patterns.emulator $(ARGS)
 

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import idle, latency, report, throughput
+from bench import idle, latency, report, tables, throughput
 from bench.setup import Endpoints
 from patterns.emulator import ROOT
 from patterns.helper import cli
@@ -31,6 +31,7 @@ SECTIONS: dict[str, Callable[[Endpoints], tuple[list[report.Row], list[str]]]] =
     "concurrency": throughput.concurrency_rows,
     "idle": idle.rows,
     "latency": latency.rows,
+    "tables": tables.rows,
 }
 OUTPUT = ROOT / "BENCHMARKS.md"
 

@@ -466,6 +466,115 @@ def functions_interop(env: dict[str, str]) -> Row:
     return Row("functions interop", count + 1, len(done) + len(kept), seconds, ok, detail)
 
 
+def _table_rows(env: dict[str, str], table: str) -> list[dict]:
+    from azure.data.tables import TableServiceClient  # only these rows need tables
+
+    service = TableServiceClient.from_connection_string(env[settings.CONNECTION_STRING_VAR])
+    return list(service.get_table_client(table).list_entities())
+
+
+def exactly_once(env: dict[str, str]) -> Row:
+    """The double charge, then none: a --naive consumer charges payments sent twice twice; then
+    40 payments (8 sent twice) to two competing consumers, one killed by kill -9 mid-work and
+    replaced: every balance is the sum of its account's unique payments."""
+    payments, twice = 40, 8
+    consumer = "patterns.exactly_once.consumer"
+    with stage(env) as s:
+        started = time.perf_counter()
+        naive_args = ("--queue", "payments-naive", "--table", "paymentsnaive")
+        naive = s.start(consumer, "--naive", *naive_args, label="naive")
+        naive.wait_for("applying payments")
+        naive_sent = s.start("patterns.exactly_once.producer", "--queue", "payments-naive",
+                             "--count", "6", "--accounts", "2", "--duplicates", "3",
+                             label="producer-naive")  # fmt: skip
+        naive.wait_for(r"\] applied ", count=9, timeout=60)
+        args = ("--work-seconds", "0.2", "--visibility-timeout", "2", "--idle-max", "0.2")
+        first, second = (s.start(consumer, *args, label=f"consumer-{n}") for n in (1, 2))
+        for each in (first, second):
+            each.wait_for("applying payments")
+        producer = s.start("patterns.exactly_once.producer", "--count", str(payments),
+                           "--duplicates", str(twice), label="producer")  # fmt: skip
+        producer_ok = producer.wait(60) == 0 and naive_sent.wait(60) == 0
+        first.wait_for(r"\] took ", timeout=30)
+        first.kill()  # kill -9, mid-work: its payment comes back to the others
+        replacement = s.start(consumer, *args, label="replacement")
+        everyone = [first, second, replacement]
+
+        def settled() -> int:
+            return sum(len(c.matches(r"\] (already )?applied ")) for c in everyone)
+
+        deadline = time.monotonic() + 60
+        while settled() < payments + twice and time.monotonic() < deadline:
+            time.sleep(0.2)
+        seconds = time.perf_counter() - started
+        s.stop_all()
+    rows = _table_rows(env, "payments")
+    balances = {r["PartitionKey"]: r["balance"].value for r in rows if r["RowKey"] == "balance"}
+    applied = [m[1] for c in everyone for m in c.matches(r"\] applied (\S+) to ")]
+    naive_rows = _table_rows(env, "paymentsnaive")
+    over = sum(r["balance"].value for r in naive_rows if r["RowKey"] == "balance")
+    over -= sum(_owed(naive_sent).values())
+    exits = [proc.popen.returncode for proc in (naive, second, replacement)]
+    ok = producer_ok and balances == _owed(producer) and over > 0 and exits == [0, 0, 0]
+    ok = ok and len(applied) == len(set(applied)) == payments
+    detail = (
+        f"--naive: 3 of 6 payments sent twice, charged twice (+{over}); then {payments} "
+        f"payments, {twice} sent twice, 1 consumer killed: balances exact, "
+        f"{len(applied) - len(set(applied))} double charges"
+    )
+    return Row("exactly-once effects", payments + twice, settled(), seconds, ok, detail)
+
+
+def _owed(producer: Proc) -> dict[str, int]:
+    """The balances a payments producer said the accounts must end at."""
+    [line] = [m[1] for m in producer.matches(r"balances must end at: (.*)$")][:1] or [""]
+    return {a: int(n) for a, n in (part.split() for part in line.split(", ") if part)}
+
+
+def ordered(env: dict[str, str]) -> Row:
+    """30 events of 10 orders, shuffled, order 2's second event dropped, 3 competing consumers:
+    every other order's events applied in sequence, each once; order 2's third event poisoned
+    after --gap-timeout."""
+    with stage(env) as s:
+        args = ("--gap-timeout", "3", "--idle-max", "0.2", "--batch-size", "4")
+        consumers = [s.start("patterns.ordered.consumer", *args, label=f"consumer-{n}")
+                     for n in (1, 2, 3)]  # fmt: skip
+        for consumer in consumers:
+            consumer.wait_for("applying events")
+        started = time.perf_counter()
+        producer = s.start("patterns.ordered.producer", "--shuffle", "--drop", "order-2:2",
+                           label="producer")  # fmt: skip
+        producer_ok = producer.wait(60) == 0
+
+        def applied() -> list[str]:
+            return [m[1] for c in consumers for m in c.matches(r"\] applied (\S+ #\d+) ")]
+
+        deadline = time.monotonic() + 60
+        while len(applied()) < 28 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        poisoned = any(c.matches("moved message .* #3 waited") for c in consumers)
+        while not poisoned and time.monotonic() < deadline:
+            time.sleep(0.2)
+            poisoned = any(c.matches("moved message .* #3 waited") for c in consumers)
+        seconds = time.perf_counter() - started
+        exits = s.stop_all()[:3]  # the consumers'
+    written: dict[str, list[tuple[object, int]]] = {}
+    for row in _table_rows(env, "ordered"):
+        if row["RowKey"] != "next":
+            written.setdefault(row["PartitionKey"], []).append(
+                (row.metadata["timestamp"], row["seq"])
+            )
+    in_order = sorted(seqs for seqs in ([q for _, q in sorted(w)] for w in written.values()))
+    early = sum(len(c.matches(r"\] early ")) for c in consumers)
+    ok = producer_ok and poisoned and in_order == sorted([[1]] + [[1, 2, 3]] * 9)
+    ok = ok and len(applied()) == len(set(applied())) == 28 and exits == [0, 0, 0]
+    detail = (
+        f"30 events of 10 orders, shuffled, 1 lost upstream, 3 consumers: 28 applied in order, "
+        f"each once ({early} put back early); the lost one's successor poisoned after 3 s"
+    )
+    return Row("per-key order", 29, len(applied()) + poisoned, seconds, ok, detail)
+
+
 # Later patterns add their scenario here, in the walkthrough's order.
 SCENARIOS: dict[str, Callable[[dict[str, str]], Row]] = {
     "competing-consumers": competing_consumers,
@@ -477,6 +586,8 @@ SCENARIOS: dict[str, Callable[[dict[str, str]], Row]] = {
     "load-leveling": load_leveling,
     "time": time_lesson,
     "claim-check": claim_check,
+    "exactly-once": exactly_once,
+    "ordered": ordered,
     "functions-interop": functions_interop,
 }
 

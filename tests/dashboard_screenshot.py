@@ -30,6 +30,8 @@ CONSUMERS = [
     ("patterns.pipes_and_filters.enrich", "--work-seconds", "0.8"),
     ("patterns.pipes_and_filters.finalize",),
     ("patterns.priority.consumer", "--work-seconds", "0.5"),
+    ("patterns.exactly_once.consumer", "--work-seconds", "0.3"),
+    ("patterns.ordered.consumer", "--work-seconds", "0.2"),
 ]
 SENDS = [  # (second of the run, what is sent then): bursts, so that queues fill and drain
     (0, "patterns.competing_consumers.producer", "--count", "30"),
@@ -38,7 +40,10 @@ SENDS = [  # (second of the run, what is sent then): bursts, so that queues fill
     (20, "patterns.pipes_and_filters.producer", "--count", "8"),
     (24, "patterns.priority.producer"),
     (28, "patterns.competing_consumers.producer", "--count", "24"),
+    (8, "patterns.exactly_once.producer", "--count", "16", "--duplicates", "4"),
+    (12, "patterns.ordered.producer", "--keys", "5", "--shuffle"),
 ]
+SENDS.sort(key=lambda send: send[0])
 
 
 def main() -> int:

@@ -106,7 +106,9 @@ class FaultyProxy:
     @property
     def connection_string(self) -> str:
         """The emulator's connection string, its queue service reached through us."""
-        return azurite_connection_string(self.port, blob_port=self.azurite.blob_port)
+        return azurite_connection_string(
+            self.port, blob_port=self.azurite.blob_port, table_port=self.azurite.table_port
+        )
 
     def __enter__(self) -> FaultyProxy:
         self._thread.start()

@@ -69,7 +69,7 @@ def consumer_flags(module: str, *before: str, work: bool = True) -> list[Case]:
     return [Case(module, flag, value, before) for flag, value in rows]
 
 
-CC, FO, PR, PF, RR, LL, CK, TOOLS = (
+CC, FO, PR, PF, RR, LL, CK, EO, OR, TOOLS = (
     "patterns.competing_consumers",
     "patterns.fanout",
     "patterns.priority",
@@ -77,6 +77,8 @@ CC, FO, PR, PF, RR, LL, CK, TOOLS = (
     "patterns.request_reply",
     "patterns.load_leveling",
     "patterns.claim_check",
+    "patterns.exactly_once",
+    "patterns.ordered",
     "patterns.tools",
 )
 SUBSCRIBER = ("--subscriber", "a")
@@ -151,6 +153,28 @@ CASES: list[Case] = [
     Case(f"{CK}.consumer", "--container", "Bad_Name"),
     Case(f"{CK}.consumer", "--max-bytes", "-1"),
     *consumer_flags(f"{CK}.consumer"),
+    Case(f"{EO}.producer", "--queue", CONSUMED),
+    Case(f"{EO}.producer", "--count", "0"),
+    Case(f"{EO}.producer", "--accounts", "0"),
+    Case(f"{EO}.producer", "--accounts", "1001"),
+    Case(f"{EO}.producer", "--duplicates", "-1"),
+    Case(f"{EO}.producer", "--duplicates", "3", ("--count", "2")),  # more copies than payments
+    Case(f"{EO}.producer", "--concurrency", "0"),
+    Case(f"{EO}.consumer", "--queue", CONSUMED),
+    Case(f"{EO}.consumer", "--table", "pay-ments"),  # table names: letters and digits only
+    Case(f"{EO}.consumer", "--table", "tables"),
+    *consumer_flags(f"{EO}.consumer"),
+    Case(f"{OR}.producer", "--queue", CONSUMED),
+    Case(f"{OR}.producer", "--keys", "0"),
+    Case(f"{OR}.producer", "--events", "1001"),
+    Case(f"{OR}.producer", "--drop", "order-3"),  # KEY:SEQ
+    Case(f"{OR}.producer", "--drop", "order-3:0"),
+    Case(f"{OR}.producer", "--concurrency", "0"),
+    Case(f"{OR}.consumer", "--queue", CONSUMED),
+    Case(f"{OR}.consumer", "--table", "or_dered"),
+    Case(f"{OR}.consumer", "--gap-timeout", "0"),
+    Case(f"{OR}.consumer", "--gap-timeout", "nan"),
+    *consumer_flags(f"{OR}.consumer"),
     Case(f"{TOOLS}.peek", "queue", "Bad_Name"),
     Case(f"{TOOLS}.peek", "--count", "0", ("tasks-queue",)),
     Case(f"{TOOLS}.peek", "--count", "33", ("tasks-queue",)),
@@ -172,6 +196,7 @@ CASES: list[Case] = [
     Case("patterns.emulator", "--port", "65536"),
     Case("patterns.emulator", "--blob-port", "0"),
     Case("patterns.emulator", "--blob-port", "65536"),
+    Case("patterns.emulator", "--table-port", "0"),
 ]
 
 

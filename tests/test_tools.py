@@ -26,7 +26,7 @@ from patterns.helper.support.settings import (
     CONNECTION_STRING_VAR,
     azurite_connection_string,
 )
-from patterns.tools.queues import LESSONS
+from patterns.tools.queues import LESSONS, table_prefix
 
 STATUS = "patterns.tools.status"
 PEEK = "patterns.tools.peek"
@@ -312,6 +312,8 @@ def test_cleanup_lesson_names_come_from_the_queue_table():
         "request-reply",
         "load-leveling",
         "claim-check",
+        "exactly-once",
+        "ordered",
     )
     result = run_script(CLEANUP, "--lesson", "tracing", "--yes")
     assert result.returncode == 2 and "invalid choice: 'tracing'" in result.stderr
@@ -409,3 +411,101 @@ def test_control_characters_from_a_message_are_escaped_by_peek_and_redrive(env, 
         rf"moved message \S+ back to '{qname}' \(it had failed: \\x1b\[2J\\nX\)", result.stdout
     )
     assert "\x1b" not in result.stdout
+
+
+# --- the lessons' tables (exactly-once, per-key order) ----------------------------------------
+
+
+@pytest.fixture
+def lesson_tables(azurite, ns):
+    """The two lessons' tables under this test's prefix (`t1a2b3c4dpayments`), with rows as
+    their consumers write them, and a table of the learner's own; deleted afterwards."""
+    from azure.data.tables import EdmType, EntityProperty, TableServiceClient
+
+    svc = TableServiceClient.from_connection_string(azurite.connection_string)
+    start = table_prefix(ns)
+    payments = svc.create_table(f"{start}payments")
+    for account, balance in (("acct-10", 300), ("acct-2", 1200)):
+        payments.create_entity({"PartitionKey": account, "RowKey": "balance",
+                                "balance": EntityProperty(balance, EdmType.INT64)})  # fmt: skip
+        payments.create_entity({"PartitionKey": account, "RowKey": "payment-p1", "amount": 1})
+    ordered = svc.create_table(f"{start}ordered")
+    ordered.create_entity({"PartitionKey": "order-1", "RowKey": "next", "next": 3})
+    for seq in (1, 2):
+        ordered.create_entity({"PartitionKey": "order-1", "RowKey": f"event-{seq:06d}"})
+    svc.create_table(f"{start}mine")
+    yield svc, start
+    for name in ("payments", "ordered", "mine"):
+        svc.delete_table(f"{start}{name}")
+
+
+def test_status_shows_each_lessons_table_beside_the_queues(env, lesson_tables, ns):
+    _, start = lesson_tables
+    result = run_script(STATUS, "--prefix", ns, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-2:] == [
+        f"table {start}payments (exactly-once effects): 4 row(s); 2 payment record(s); "
+        "balances: acct-2 1200, acct-10 300",
+        f"table {start}ordered (per-key order): 3 row(s); 1 order(s), 2 event(s) applied; "
+        "next: order-1 #3",
+    ]
+    assert f"{start}mine" not in result.stdout  # not a lesson's
+
+
+def test_status_table_rows_are_a_function_the_dashboard_can_call(
+    azurite, lesson_tables, ns, monkeypatch
+):
+    from patterns.helper.support import tables
+    from patterns.tools.status import TableRow, table_rows
+
+    monkeypatch.setenv(CONNECTION_STRING_VAR, azurite.connection_string)
+    monkeypatch.setattr(connect, "_service", None)
+    monkeypatch.setattr(tables, "_service", None)
+    _, start = lesson_tables
+    assert [(r.lesson, r.table, r.rows) for r in table_rows(ns)] == [
+        ("exactly-once effects", f"{start}payments", 4),
+        ("per-key order", f"{start}ordered", 3),
+    ]
+    assert all(isinstance(row, TableRow) and row.summary for row in table_rows(ns))
+    # ... and the dashboard does: the same rows and words on its page
+    from patterns.tools.dashboard import tables_section
+
+    section = tables_section(ns)
+    assert [(t["lesson"], t["name"], t["rows"][0][0]) for t in section] == [
+        ("exactly-once effects", f"{start}payments", "4"),
+        ("per-key order", f"{start}ordered", "3"),
+    ]
+    assert [t["rows"][0][1] for t in section] == [row.summary for row in table_rows(ns)]
+
+
+def test_cleanup_deletes_the_lessons_tables_with_their_queues_and_no_other(
+    env, service, lesson_tables, ns
+):
+    svc, start = lesson_tables
+    make(service, f"{ns}payments-queue", "m")
+    dry = run_script(CLEANUP, "--prefix", ns, "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert sorted(re.findall(r"would delete: table (\S+)", dry.stdout)) == [
+        f"{start}ordered", f"{start}payments",
+    ]  # fmt: skip
+    assert "1 queue(s) and 2 table(s) would be deleted" in dry.stdout
+    result = run_script(CLEANUP, "--prefix", ns, "--yes", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "deleted 1 queue(s) and 2 table(s)" in result.stdout
+    left = {t.name for t in svc.list_tables()}
+    assert f"{start}mine" in left and not {f"{start}payments", f"{start}ordered"} & left
+
+
+def test_cleanup_of_one_lesson_deletes_its_table_and_leaves_the_other_lessons(
+    env, service, lesson_tables, ns
+):
+    svc, start = lesson_tables
+    make(service, f"{ns}payments-queue", "m")
+    make(service, f"{ns}order-events", "m")
+    result = run_script(CLEANUP, "--prefix", ns, "--lesson", "exactly-once", "--yes", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "deleted 1 queue(s) and 1 table(s)" in result.stdout
+    left = {t.name for t in svc.list_tables()}
+    assert f"{start}ordered" in left and f"{start}payments" not in left
+    assert existing(service, ns) == {f"{ns}order-events"}

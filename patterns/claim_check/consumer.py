@@ -1,5 +1,7 @@
-"""Claim-check - the consumer: fetches each payload (from its blob, or inline), does the work,
-and deletes the blob only after the message.
+"""Claim-check - the consumer: fetches each payload, does the work, deletes message then blob.
+
+It fetches each payload (from its blob, or inline), does the work, and deletes the blob only
+after the message.
 
     python patterns/claim_check/consumer.py
     python -m patterns.claim_check.consumer --work-seconds 1

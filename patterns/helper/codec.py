@@ -12,7 +12,7 @@ from azure.storage.queue import QueueMessage
 from patterns.helper import BadMessage, Fatal
 from patterns.helper.support import encoding, limits
 
-ID_KEYS = ("id", "order_id", "correlation_id")  # where our messages carry their application id
+ID_KEYS = ("id", "order_id", "correlation_id", "payment_id")  # where messages carry their app id
 
 
 class Unsendable(Fatal, BadMessage):

@@ -1,4 +1,4 @@
-"""Clean-up: delete the tutorial's queues and blobs, to start the walkthrough afresh.
+"""Clean-up: delete the tutorial's queues, blobs and tables, to start the walkthrough afresh.
 
     python patterns/tools/cleanup.py              # lists them, asks, then deletes
     python patterns/tools/cleanup.py --lesson fanout --yes   # one lesson's queues: a page's start
@@ -8,8 +8,9 @@
 
 It deletes only queues the tutorial uses (patterns/tools/queues.py): the patterns' queue names
 and prefixes, their poison queues and leftover reply- queues; and the blobs of those queues'
-messages (claim-check payloads, big poison records: patterns/tools/blobs.py). Any other queue
-in the account is left alone. Deleting a queue deletes its messages.
+messages (claim-check payloads, big poison records: patterns/tools/blobs.py); and the lessons'
+tables (`payments`, `ordered`). Any other queue or table in the account is left alone. Deleting
+a queue deletes its messages; deleting a table, its rows.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueServiceClient
 
 from patterns.helper import Fatal, cli, connect
+from patterns.helper.support import tables
 from patterns.helper.support.blobs import service as blob_service
 from patterns.helper.support.outage import in_short
 from patterns.tools import blobs
-from patterns.tools.queues import LESSONS, classify, sort_key
+from patterns.tools.queues import LESSONS, classify, sort_key, tutorial_tables
 
 
 def main() -> int:
@@ -42,7 +44,7 @@ def main() -> int:
     parser.add_argument(
         "--lesson",
         choices=LESSONS,
-        help="only that lesson's queues and their blobs (each lesson's page starts with this)",
+        help="only that lesson's queues, blobs and tables (each lesson's page starts with this)",
     )
     parser.add_argument(
         "--orphans", action="store_true", help="delete only orphan blobs (status shows them)"
@@ -59,28 +61,32 @@ def main() -> int:
         found = classify(name, args.prefix)
         return found is not None and args.lesson in (None, found[0].lesson)
 
-    if args.orphans:  # any queue's orphans under --prefix; only the lesson's with --lesson
-        of_lesson = ours if args.lesson else lambda name: True
-        return delete_orphans(svc, args.prefix, args.orphan_age, args.dry_run, log, of_lesson)
+    if args.orphans:  # every orphan, as before --lesson; with it, only that lesson's
+        mine = ours if args.lesson else lambda queue: True
+        return delete_orphans(svc, args.prefix, args.orphan_age, args.dry_run, log, mine)
 
     listed = [q.name for q in svc.list_queues(name_starts_with=args.prefix or None)]
     mine = sorted(filter(ours, listed), key=lambda name: sort_key(name, args.prefix))
     titles = {name: found[0].title for name in mine if (found := classify(name, args.prefix))}
     # The blobs of the tutorial's queues' messages (a queue's own name starts each blob's).
     kept = [blob for blob in _blobs(svc, args.prefix, log) if ours(blob.queue)]
+    lesson_tables = _tables(args.prefix, log, args.lesson)
     others = len(listed) - len(mine)
     scope = f" starting with '{args.prefix}'" if args.prefix else ""
     scope += f" of lesson {args.lesson}" if args.lesson else ""
     # A lesson's page starts with --lesson: the other lessons' queues are no news there.
     left_alone = f"; {others} other queue(s) left alone" if others and not args.lesson else ""
-    if not mine and not kept:
+    if not mine and not kept and not lesson_tables:
         log.info(f"no tutorial queues{scope} to delete{left_alone}")
         return 0
     for name in mine:
         log.info(f"{'would delete' if args.dry_run else 'to delete'}: {name}  ({titles[name]})")
     for blob in kept:
         log.info(f"{'would delete' if args.dry_run else 'to delete'}: blob {blob.path}")
+    for table, title in lesson_tables.items():
+        log.info(f"{'would delete' if args.dry_run else 'to delete'}: table {table}  ({title})")
     blobs_too = f" and {len(kept)} blob(s)" if kept else ""
+    blobs_too += f" and {len(lesson_tables)} table(s)" if lesson_tables else ""
     if args.dry_run:
         log.info(
             f"dry run: {len(mine)} queue(s){blobs_too} would be deleted{left_alone}; "
@@ -108,8 +114,31 @@ def main() -> int:
         except ResourceNotFoundError:
             log.info(f"{name} was already gone")
     gone = _delete_blobs(kept, log)
-    log.info(f"deleted {deleted} queue(s){f' and {gone} blob(s)' if kept else ''}{left_alone}")
+    for table in lesson_tables:
+        tables.service().delete_table(table)  # (no error if it is already gone)
+        log.info(f"deleted table {table}")
+    also = f" and {gone} blob(s)" if kept else ""
+    also += f" and {len(lesson_tables)} table(s)" if lesson_tables else ""
+    log.info(f"deleted {deleted} queue(s){also}{left_alone}")
     return 0
+
+
+def _tables(prefix: str, log: logging.Logger, lesson: str | None) -> dict[str, str]:
+    """{table: lesson} of the lessons' tables that exist (of `lesson` only, when given); none
+    when no table service is configured, or it cannot be listed (said in one line: the queues
+    are cleaned up anyway)."""
+    try:
+        existing = {t.name for t in tables.service().list_tables()}
+    except Fatal:
+        return {}
+    except connect.FAILED as error:
+        log.warning(f"the tables could not be listed ({in_short(error)}); left as they are")
+        return {}
+    return {
+        table: p.title
+        for p, _, table in tutorial_tables(prefix)
+        if table in existing and lesson in (None, p.lesson)
+    }
 
 
 def _blobs(

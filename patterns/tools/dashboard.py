@@ -147,10 +147,30 @@ def blob_section(svc: QueueServiceClient, prefix: str, orphan_age: float) -> dic
 
 
 def tables_section(prefix: str) -> list[dict[str, Any]]:
-    """The Table lessons' tables (balances, next sequence per key), once those lessons exist:
-    each as {"name", "lesson", "columns": [...], "rows": [[...], ...], "more": n}. The page
-    draws every table it is given; none yet."""
-    return []
+    """The Table lessons' tables that exist (balances per account, the next event per order),
+    as `status` reads them: each {"name", "lesson", "columns", "rows", "more"}. A table
+    service that cannot be read is one row saying so; the queues' part goes on."""
+    try:
+        found = status.table_rows(prefix)
+    except connect.FAILED as error:
+        why = f"the table service cannot be read ({outage.in_short(error)})"
+        return [{"name": "-", "lesson": "tables", "columns": ["error"], "rows": [[why]],
+                 "more": 0}]  # fmt: skip
+    return [
+        {
+            "name": shown(row.table, 100),
+            "lesson": row.lesson,
+            "columns": ["rows", "what they say"],
+            "rows": [
+                [
+                    f"{row.rows}{'+' if row.rows >= status.MAX_TABLE_ROWS else ''}",
+                    shown(row.summary, 1000),
+                ]
+            ],
+            "more": 0,
+        }
+        for row in found
+    ]
 
 
 class Traces:

@@ -1,9 +1,10 @@
 """Which queue names belong to which pattern: the one table that status.py and cleanup.py read.
 
 A pattern owns exact names (`tasks-queue`) and name prefixes (`fanout-queue-<subscriber>`,
-`reply-<uuid>`); every one of them may have a poison queue, `<name>-poison`. When a pattern
-gets a new queue, add it here and both tools know it. Its `lesson` is the name a page uses to
-start clean (`cleanup.py --lesson competing-consumers --yes`).
+`reply-<uuid>`); every one of them may have a poison queue, `<name>-poison`. A lesson on Table
+Storage owns its tables too (`payments`). When a pattern gets a new queue or table, add it here
+and both tools know it. Its `lesson` is the name a page uses to start clean
+(`cleanup.py --lesson competing-consumers --yes`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class Pattern:
     lesson: str  # cleanup --lesson NAME: the page's folder name, with hyphens
     names: tuple[str, ...] = ()  # exact queue names, in the order a learner meets them
     prefixes: tuple[str, ...] = ()  # a queue named <prefix><something> belongs here too
+    tables: tuple[str, ...] = ()  # its tables in Table Storage (the lesson's state)
 
     def owns(self, name: str) -> bool:
         return name in self.names or any(
@@ -42,6 +44,10 @@ PATTERNS: tuple[Pattern, ...] = (
     Pattern("request/reply", "request-reply", names=("request-queue",), prefixes=("reply-",)),
     Pattern("load levelling", "load-leveling", names=("tasks-leveling",)),
     Pattern("claim check", "claim-check", names=("claim-check-queue",)),
+    Pattern(
+        "exactly-once effects", "exactly-once", names=("payments-queue",), tables=("payments",)
+    ),
+    Pattern("per-key order", "ordered", names=("order-events",), tables=("ordered",)),
 )
 LESSONS: tuple[str, ...] = tuple(pattern.lesson for pattern in PATTERNS)
 
@@ -81,3 +87,16 @@ def sort_key(name: str, prefix: str = "") -> tuple[int, int, str]:
     pattern, base = found
     rank = pattern.names.index(base) if base in pattern.names else len(pattern.names)
     return (PATTERNS.index(pattern), rank, name)
+
+
+def table_prefix(prefix: str) -> str:
+    """A queue prefix as a table name's: tables hold letters and digits only, so with prefix
+    `alice-`, `alicepayments` is alice's `payments`."""
+    return "".join(c for c in prefix if c.isalnum())
+
+
+def tutorial_tables(prefix: str = "") -> list[tuple[Pattern, str, str]]:
+    """(pattern, tutorial name, table name with the prefix) of every lesson's table, in the
+    tutorial's order."""
+    start = table_prefix(prefix)
+    return [(pattern, name, start + name) for pattern in PATTERNS for name in pattern.tables]

@@ -9,8 +9,9 @@ consumers run (Ctrl+C stops it):
 `messages` is the service's approximate message count: it includes the invisible ones, held
 by a consumer or delayed (--delay). `visible` is what a peek sees now (up to 32): the ones a
 consumer could take at once. Below the queues: the blobs the claim-check lesson keeps, and the
-orphans among them (patterns/tools/blobs.py says what counts as one). Works against Azurite
-and a real account alike.
+orphans among them (patterns/tools/blobs.py says what counts as one); then the lessons' tables
+(balances per account, the next event each order waits for). Works against Azurite and a real
+account alike.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,13 +29,15 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.queue import QueueMessage, QueueServiceClient
 
 from patterns.helper import Fatal, cli, connect
-from patterns.helper.support import outage
+from patterns.helper.support import outage, tables
 from patterns.helper.support.blobs import service as blob_service
 from patterns.helper.support.lines import printable
 from patterns.tools import blobs
-from patterns.tools.queues import classify, is_poison, sort_key, source_queue
+from patterns.tools.queues import classify, is_poison, sort_key, source_queue, tutorial_tables
 
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
+MAX_TABLE_ROWS = 5000  # rows read per table: a summary, not an export
+SHOWN = 6  # accounts or orders named in a summary line
 
 
 @dataclass
@@ -165,6 +169,85 @@ def blob_lines(svc: QueueServiceClient, prefix: str, orphan_age: float) -> str:
     return "".join(line + "\n" for line in out)
 
 
+@dataclass
+class TableRow:
+    lesson: str  # the pattern's title
+    table: str  # its name in the account (with the prefix)
+    rows: int  # entities read (at most MAX_TABLE_ROWS)
+    summary: str  # what the rows say: balances, the next event per order
+
+
+def _natural(text: str) -> list[object]:
+    """Sort key: acct-2 before acct-10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _named(items: dict[str, str]) -> str:
+    shown = [f"{key} {items[key]}" for key in sorted(items, key=_natural)[:SHOWN]]
+    more = f", ... {len(items) - SHOWN} more" if len(items) > SHOWN else ""
+    return ", ".join(shown) + more
+
+
+def _payments(entities: list[dict[str, object]]) -> str:
+    """The exactly-once lesson's table: balances per account, payments applied."""
+    balances = {
+        str(e["PartitionKey"]): str(getattr(e["balance"], "value", e["balance"]))
+        for e in entities
+        if e["RowKey"] == "balance" and "balance" in e
+    }
+    applied = sum(str(e["RowKey"]).startswith("payment-") for e in entities)
+    return f"{applied} payment record(s); balances: {_named(balances) or 'none yet'}"
+
+
+def _ordered(entities: list[dict[str, object]]) -> str:
+    """The per-key order lesson's table: the event each order waits for next."""
+    following = {str(e["PartitionKey"]): f"#{e['next']}" for e in entities if e["RowKey"] == "next"}
+    applied = sum(str(e["RowKey"]).startswith("event-") for e in entities)
+    return (
+        f"{len(following)} order(s), {applied} event(s) applied; next: "
+        f"{_named(following) or 'none yet'}"
+    )
+
+
+SUMMARIES = {"payments": _payments, "ordered": _ordered}  # by the table's tutorial name
+
+
+def table_rows(prefix: str = "") -> list[TableRow]:
+    """One row per lesson table that exists (prefixed as the queues are, see queues.py), with
+    its row count and what its rows say; [] when no table service is configured. The
+    dashboard shows these too."""
+    try:
+        existing = {t.name for t in tables.service().list_tables()}
+    except Fatal:
+        return []
+    found = []
+    for pattern, name, table in tutorial_tables(prefix):
+        if table not in existing:
+            continue
+        client = tables.service().get_table_client(table)
+        entities = []
+        for entity in client.list_entities(results_per_page=1000):
+            entities.append(entity)
+            if len(entities) >= MAX_TABLE_ROWS:
+                break
+        summary = SUMMARIES[name](entities) if name in SUMMARIES else ""
+        found.append(TableRow(pattern.title, table, len(entities), summary))
+    return found
+
+
+def table_lines(prefix: str) -> str:
+    """A line per lesson table: `table payments (exactly-once effects): 24 rows; ...`."""
+    try:
+        found = table_rows(prefix)
+    except connect.FAILED as error:
+        return f"tables: the table service cannot be read ({outage.in_short(error)})\n"
+    return "".join(
+        f"table {row.table} ({row.lesson}): {row.rows}{'+' if row.rows >= MAX_TABLE_ROWS else ''}"
+        f" row(s); {row.summary}\n"
+        for row in found
+    )
+
+
 def main() -> int:
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--watch", action="store_true", help="redraw every second until Ctrl+C")
@@ -193,7 +276,10 @@ def main() -> int:
     endpoint = outage.endpoint()  # without a SAS token
     found = rows(counts(svc, args.prefix), args.prefix)
     print(
-        render(found, endpoint, args.prefix) + blob_lines(svc, args.prefix, args.orphan_age), end=""
+        render(found, endpoint, args.prefix)
+        + blob_lines(svc, args.prefix, args.orphan_age)
+        + table_lines(args.prefix),
+        end="",
     )
     if not args.watch:
         return 0
@@ -205,7 +291,7 @@ def main() -> int:
     while not stop.wait(args.interval):
         try:
             frame = render(rows(counts(svc, args.prefix), args.prefix), endpoint, args.prefix)
-            frame += blob_lines(svc, args.prefix, args.orphan_age)
+            frame += blob_lines(svc, args.prefix, args.orphan_age) + table_lines(args.prefix)
         except connect.FAILED as error:
             if isinstance(error, connect.UNREACHABLE):
                 reason = outage.unreachable_message(error)

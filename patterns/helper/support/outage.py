@@ -71,16 +71,25 @@ class Outage:
                 what = unreachable_message(error)
             log.warning(f"{what}; retrying with backoff")
         elif warn:
-            from patterns.helper.support import blobs  # only the claim-check lesson has them
-
             what = "cannot be reached"
             if not isinstance(error, connect.UNREACHABLE):
                 what = f"answers {in_short(error)}"
             log.warning(
-                f"the {self.service} service at {blobs.endpoint()} {what}; the messages "
+                f"the {self.service} service at {self.endpoint()} {what}; the messages "
                 "that need it are left to come back (not counted as failed attempts)"
             )
         return True
+
+    def endpoint(self) -> str:
+        """This service's address, fit to print (imported when asked: only some lessons have
+        blobs or tables)."""
+        if self.service == "table":
+            from patterns.helper.support import tables
+
+            return tables.endpoint()
+        from patterns.helper.support import blobs
+
+        return blobs.endpoint()
 
     def over(self) -> None:
         """The service answered: if it was away, say it is back."""
@@ -107,6 +116,7 @@ class Outage:
 
 queue_service = Outage("queue")
 blob_service = Outage("blob")
+table_service = Outage("table")
 
 
 def deleted(error: BaseException, name: str) -> bool:

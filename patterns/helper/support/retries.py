@@ -30,6 +30,19 @@ def options(retry: type[Any] = LinearRetry, **more: Any) -> dict[str, Any]:
     }
 
 
+def table_options() -> dict[str, Any]:
+    """The same numbers for the table client (azure-data-tables has no LinearRetry of its own:
+    its retry policy takes them as keyword arguments, with a fixed backoff)."""
+    return {
+        "retry_total": RETRY["retry_total"],
+        "retry_read": RETRY["retry_read"],
+        "retry_backoff_factor": RETRY["backoff"],
+        "retry_mode": "fixed",
+        "connection_timeout": CONNECT_TIMEOUT,
+        "read_timeout": READ_TIMEOUT,
+    }
+
+
 class FirstRequestProbe(LinearRetry):
     """The queue client's retry, plus a start-up probe: the process's first request is not
     retried when nothing answers in time, and its answer must come from a queue service. So a

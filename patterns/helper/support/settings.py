@@ -28,6 +28,7 @@ ACCOUNT_URL_VAR = "AZURE_STORAGE_ACCOUNT_URL"  # Entra ID sign-in (optional extr
 MESSAGE_ENCODING_VAR = "AZURE_QUEUE_MESSAGE_ENCODING"  # text (default) or base64 (Functions)
 AZURITE_PORT = 10001
 AZURITE_BLOB_PORT = 10000  # Azurite's usual blob port, beside the queue's (claim-check)
+AZURITE_TABLE_PORT = 10002  # Azurite's usual table port (exactly-once, ordered)
 # Azurite's well-known development account: public, documented, not a secret.
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = (
@@ -53,7 +54,10 @@ def _where(source: str) -> str:
 
 
 def azurite_connection_string(
-    port: int | None = None, host: str = "127.0.0.1", blob_port: int = AZURITE_BLOB_PORT
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    blob_port: int = AZURITE_BLOB_PORT,
+    table_port: int = AZURITE_TABLE_PORT,
 ) -> str:
     """The local Azurite's connection string: on `port`, by default AZURITE_PORT (read when
     called: the tests move it to a free port)."""
@@ -62,6 +66,7 @@ def azurite_connection_string(
         f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
         f"QueueEndpoint=http://{host}:{port}/{AZURITE_ACCOUNT};"
         f"BlobEndpoint=http://{host}:{blob_port}/{AZURITE_ACCOUNT};"
+        f"TableEndpoint=http://{host}:{table_port}/{AZURITE_ACCOUNT};"
     )
 
 
