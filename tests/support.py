@@ -76,6 +76,12 @@ def peek_bodies(service: QueueServiceClient, name: str) -> list[str]:
     return [m.content for m in service.get_queue_client(name).peek_messages(max_messages=32)]
 
 
+def poison_reasons(service: QueueServiceClient, queue: str) -> list[str]:
+    """The reasons of the poison records in `queue`-poison that a peek sees (up to 32), sorted."""
+    peeked = service.get_queue_client(f"{queue}-poison").peek_messages(max_messages=32)
+    return sorted(json.loads(message.content)["reason"] for message in peeked)
+
+
 def message_count(service: QueueServiceClient, name: str) -> int:
     """Messages in a queue, invisible ones included."""
     return service.get_queue_client(name).get_queue_properties().approximate_message_count

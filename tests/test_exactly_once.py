@@ -5,7 +5,6 @@ a duplicate twice. Against the session's Azurite (queue and table services)."""
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import uuid
@@ -13,7 +12,15 @@ from collections import Counter
 
 import pytest
 from azure.data.tables import TableServiceClient
-from support import assert_refused, env_for, message_count, run_script, send, wait_until
+from support import (
+    assert_refused,
+    env_for,
+    message_count,
+    poison_reasons,
+    run_script,
+    send,
+    wait_until,
+)
 
 from patterns.helper.support.settings import CONNECTION_STRING_VAR
 
@@ -161,11 +168,7 @@ def test_bad_payments_go_to_poison_with_the_reason_and_touch_no_row(
     consumer = start(CONSUMER, "--queue", qname, "--table", tname, *QUICK)
     consumer.wait_for(rf"moved message .* to '{qname}-poison'", count=5)
     assert consumer.stop() == 0
-    reasons = sorted(
-        json.loads(m.content)["reason"]
-        for m in service.get_queue_client(f"{qname}-poison").peek_messages(max_messages=32)
-    )
-    assert reasons == sorted([
+    assert poison_reasons(service, qname) == sorted([
         "account holds '/', which a table key may not hold",
         "payment_id holds '#', which a table key may not hold",
         "amount must be a whole number of cents from 1 to 100000000",

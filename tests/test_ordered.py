@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 from azure.data.tables import TableServiceClient
-from support import log_seconds, message_count, requests_logged, run_script, send, wait_until
+from support import (
+    log_seconds,
+    message_count,
+    poison_reasons,
+    requests_logged,
+    run_script,
+    send,
+    wait_until,
+)
 
 PRODUCER = "patterns.ordered.producer"
 CONSUMER = "patterns.ordered.consumer"
@@ -159,11 +167,7 @@ def test_bad_events_go_to_poison_with_the_reason_and_touch_no_row(
     consumer = start(CONSUMER, "--queue", qname, "--table", tname, *QUICK)
     consumer.wait_for(rf"moved message .* to '{qname}-poison'", count=4)
     assert consumer.stop() == 0
-    reasons = sorted(
-        json.loads(m.content)["reason"]
-        for m in service.get_queue_client(f"{qname}-poison").peek_messages(max_messages=32)
-    )
-    assert reasons == sorted([
+    assert poison_reasons(service, qname) == sorted([
         "key holds '#', which a table key may not hold",
         "seq must be a whole number from 1 to 999999",
         "seq must be a whole number from 1 to 999999",
