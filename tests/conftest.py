@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 from support import env_for
@@ -49,6 +50,18 @@ def service(azurite: Azurite) -> QueueServiceClient:
 def blobs(azurite: Azurite) -> BlobServiceClient:
     """The test emulator's blob service (claim-check payloads, oversized poison records)."""
     return BlobServiceClient.from_connection_string(azurite.connection_string)
+
+
+@pytest.fixture
+def table_service(azurite: Azurite) -> TableServiceClient:
+    """The test emulator's table service (the exactly-once and per-key order lessons)."""
+    return TableServiceClient.from_connection_string(azurite.connection_string)
+
+
+@pytest.fixture
+def tname() -> str:
+    """A table name no other test uses (letters and digits only, as table names must be)."""
+    return f"t{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

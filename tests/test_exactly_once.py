@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import re
 import signal
-import uuid
 from collections import Counter
 
-import pytest
 from azure.data.tables import TableServiceClient
 from support import (
     assert_refused,
@@ -27,17 +25,6 @@ from patterns.helper.support.settings import CONNECTION_STRING_VAR
 PRODUCER = "patterns.exactly_once.producer"
 CONSUMER = "patterns.exactly_once.consumer"
 QUICK = ("--idle-max", "0.2", "--visibility-timeout", "5")
-
-
-@pytest.fixture
-def table_service(azurite) -> TableServiceClient:
-    return TableServiceClient.from_connection_string(azurite.connection_string)
-
-
-@pytest.fixture
-def tname() -> str:
-    """A table name no other test uses."""
-    return f"t{uuid.uuid4().hex[:12]}"
 
 
 def produce(env: dict[str, str], queue: str, *args: str) -> tuple[list[dict], dict[str, int]]:

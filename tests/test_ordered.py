@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -26,16 +25,6 @@ from support import (
 PRODUCER = "patterns.ordered.producer"
 CONSUMER = "patterns.ordered.consumer"
 QUICK = ("--idle-max", "0.2", "--visibility-timeout", "5", "--retry-backoff", "1")
-
-
-@pytest.fixture
-def table_service(azurite) -> TableServiceClient:
-    return TableServiceClient.from_connection_string(azurite.connection_string)
-
-
-@pytest.fixture
-def tname() -> str:
-    return f"t{uuid.uuid4().hex[:12]}"
 
 
 def plain(key: str) -> str:
